@@ -1,0 +1,318 @@
+//! Tenant-scoped records: the tenant registry, versioned entity state, and the
+//! security and audit logs.
+//!
+//! Every statement here names `tenant_id = $1` with the context's tenant: that
+//! filter is SQLite's only isolation and PostgreSQL's second line behind RLS.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{Store, errors, on_tx};
+use crate::error::{Error, ErrorCode, Result};
+use crate::tenant::{EntityId, TenantContext, TenantId};
+
+/// A registered tenant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TenantRecord {
+    pub tenant_id: String,
+    pub display_name: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One version of an entity's state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StateVersion {
+    pub entity_id: String,
+    pub version: i64,
+    pub state: Value,
+    pub correlation_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A security-relevant refusal, such as a cross-tenant access attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecurityEvent {
+    /// `cross_tenant_access`, ...
+    pub kind: String,
+    /// `read`, `write`, `secret_read`, ...
+    pub action: String,
+    /// What was asked for (an entity id, a secret name). Never a value.
+    pub resource: String,
+    /// The tenant the resource belongs to, when known.
+    pub target_tenant: Option<String>,
+}
+
+/// A stored security event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecurityRecord {
+    pub tenant_id: String,
+    pub principal: String,
+    pub correlation_id: String,
+    #[serde(flatten)]
+    pub event: SecurityEvent,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An audited action (every secret access, later every approval decision).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEvent {
+    pub action: String,
+    pub resource: String,
+    /// `allowed`, `denied`, `not_found`, ...
+    pub outcome: String,
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    pub tenant_id: String,
+    pub principal: String,
+    pub correlation_id: String,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Register `ctx`'s tenant. Returns false when it already existed (the
+    /// display name is then left as it was).
+    pub async fn register_tenant(&self, ctx: &TenantContext, display_name: &str) -> Result<bool> {
+        let now = self.clock.now();
+        let mut tx = self.begin(ctx).await?;
+        let done = on_tx!(tx, c => sqlx::query(
+            "INSERT INTO tenants (tenant_id, display_name, status, created_at, updated_at)
+             VALUES ($1, $2, 'active', $3, $3) ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(display_name)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, "register the tenant"))?;
+        tx.commit().await?;
+        Ok(done == 1)
+    }
+
+    /// `ctx`'s tenant as registered, if it is.
+    pub async fn tenant(&self, ctx: &TenantContext) -> Result<Option<TenantRecord>> {
+        let mut tx = self.begin(ctx).await?;
+        let row: Option<(String, String, String, DateTime<Utc>)> = on_tx!(tx, c => sqlx::query_as(
+            "SELECT tenant_id, display_name, status, created_at FROM tenants WHERE tenant_id = $1",
+        )
+        .bind(ctx.tenant().as_str())
+        .fetch_optional(&mut *c)
+        .await)
+        .map_err(|e| errors::map(e, "read the tenant"))?;
+        tx.commit().await?;
+        Ok(row.map(|(tenant_id, display_name, status, created_at)| TenantRecord {
+            tenant_id,
+            display_name,
+            status,
+            created_at,
+        }))
+    }
+
+    /// Append version `expected_version + 1` of `entity`'s state. Fails with
+    /// `STATE_CONFLICT` (and writes nothing) unless `expected_version` is the
+    /// latest version (0 for a new entity); two concurrent writers of the same
+    /// version cannot both succeed (unique key).
+    pub async fn append_state(
+        &self,
+        ctx: &TenantContext,
+        entity: &EntityId,
+        expected_version: i64,
+        state: &Value,
+    ) -> Result<i64> {
+        self.authorize(ctx, entity.tenant(), &entity.to_string(), "write").await?;
+        let now = self.clock.now();
+        let next = expected_version + 1;
+        let mut tx = self.begin(ctx).await?;
+        let inserted = on_tx!(tx, c => sqlx::query(
+            "INSERT INTO state_versions (tenant_id, entity_id, version, state, correlation_id, created_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $6
+              WHERE (SELECT COALESCE(MAX(version), 0) FROM state_versions
+                      WHERE tenant_id = $1 AND entity_id = $2) = $7",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(entity.to_string())
+        .bind(next)
+        .bind(Json(state))
+        .bind(ctx.correlation_id().as_str())
+        .bind(now)
+        .bind(expected_version)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()));
+        let conflict = || {
+            Error::new(
+                ErrorCode::StateConflict,
+                format!("state of {entity} changed since version {expected_version}: reload and retry"),
+            )
+        };
+        match inserted {
+            Ok(1) => {
+                tx.commit().await?;
+                Ok(next)
+            }
+            Ok(_) => Err(conflict()),
+            Err(e) if errors::is_unique_violation(&e) => Err(conflict()),
+            Err(e) => Err(errors::map(e, "write state")),
+        }
+    }
+
+    /// The latest version of `entity`'s state, if any.
+    pub async fn latest_state(&self, ctx: &TenantContext, entity: &EntityId) -> Result<Option<StateVersion>> {
+        self.authorize(ctx, entity.tenant(), &entity.to_string(), "read").await?;
+        let mut tx = self.begin(ctx).await?;
+        let row: Option<(String, i64, Json<Value>, String, DateTime<Utc>)> = on_tx!(tx, c => sqlx::query_as(
+            "SELECT entity_id, version, state, correlation_id, created_at FROM state_versions
+              WHERE tenant_id = $1 AND entity_id = $2 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(entity.to_string())
+        .fetch_optional(&mut *c)
+        .await)
+        .map_err(|e| errors::map(e, "read state"))?;
+        tx.commit().await?;
+        Ok(row.map(|(entity_id, version, Json(state), correlation_id, created_at)| StateVersion {
+            entity_id,
+            version,
+            state,
+            correlation_id,
+            created_at,
+        }))
+    }
+
+    /// Refuse `resource` unless it belongs to `ctx`'s tenant; a refusal is
+    /// recorded as a security event (and logged) before it is returned.
+    pub async fn authorize(&self, ctx: &TenantContext, owner: &TenantId, resource: &str, action: &str) -> Result<()> {
+        let Err(refusal) = ctx.authorize(owner, resource) else { return Ok(()) };
+        self.record_security_event(
+            ctx,
+            &SecurityEvent {
+                kind: "cross_tenant_access".to_owned(),
+                action: action.to_owned(),
+                resource: resource.to_owned(),
+                target_tenant: Some(owner.to_string()),
+            },
+        )
+        .await?;
+        Err(refusal)
+    }
+
+    /// Write a security event under `ctx`'s tenant and log it at WARN on the
+    /// `autobiz::security` target.
+    pub async fn record_security_event(&self, ctx: &TenantContext, event: &SecurityEvent) -> Result<()> {
+        tracing::warn!(
+            target: "autobiz::security",
+            tenant = %ctx.tenant(),
+            principal = %ctx.principal(),
+            correlation_id = %ctx.correlation_id(),
+            kind = %event.kind,
+            action = %event.action,
+            resource = %event.resource,
+            target_tenant = event.target_tenant.as_deref().unwrap_or("-"),
+            "security event"
+        );
+        let now = self.clock.now();
+        let mut tx = self.begin(ctx).await?;
+        on_tx!(tx, c => sqlx::query(
+            "INSERT INTO security_events
+               (tenant_id, principal, correlation_id, kind, action, resource, target_tenant, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(ctx.principal().as_str())
+        .bind(ctx.correlation_id().as_str())
+        .bind(&event.kind)
+        .bind(&event.action)
+        .bind(&event.resource)
+        .bind(event.target_tenant.as_deref())
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, "record a security event"))?;
+        tx.commit().await
+    }
+
+    /// The newest security events of `ctx`'s tenant, newest first.
+    pub async fn security_events(&self, ctx: &TenantContext, limit: i64) -> Result<Vec<SecurityRecord>> {
+        type Row = (String, String, String, String, String, String, Option<String>, DateTime<Utc>);
+        let mut tx = self.begin(ctx).await?;
+        let rows: Vec<Row> = on_tx!(tx, c => sqlx::query_as(
+            "SELECT tenant_id, principal, correlation_id, kind, action, resource, target_tenant, created_at
+               FROM security_events WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await)
+        .map_err(|e| errors::map(e, "read security events"))?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant_id, principal, correlation_id, kind, action, resource, target_tenant, created_at)| {
+                SecurityRecord {
+                    tenant_id,
+                    principal,
+                    correlation_id,
+                    event: SecurityEvent { kind, action, resource, target_tenant },
+                    created_at,
+                }
+            })
+            .collect())
+    }
+
+    /// Write an audit event under `ctx`'s tenant.
+    pub async fn record_audit(&self, ctx: &TenantContext, event: &AuditEvent) -> Result<()> {
+        let now = self.clock.now();
+        let mut tx = self.begin(ctx).await?;
+        on_tx!(tx, c => sqlx::query(
+            "INSERT INTO audit_events
+               (tenant_id, principal, correlation_id, action, resource, outcome, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(ctx.principal().as_str())
+        .bind(ctx.correlation_id().as_str())
+        .bind(&event.action)
+        .bind(&event.resource)
+        .bind(&event.outcome)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, "record an audit event"))?;
+        tx.commit().await
+    }
+
+    /// The newest audit events of `ctx`'s tenant, newest first.
+    pub async fn audit_events(&self, ctx: &TenantContext, limit: i64) -> Result<Vec<AuditRecord>> {
+        type Row = (String, String, String, String, String, String, DateTime<Utc>);
+        let mut tx = self.begin(ctx).await?;
+        let rows: Vec<Row> = on_tx!(tx, c => sqlx::query_as(
+            "SELECT tenant_id, principal, correlation_id, action, resource, outcome, created_at
+               FROM audit_events WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(limit)
+        .fetch_all(&mut *c)
+        .await)
+        .map_err(|e| errors::map(e, "read audit events"))?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant_id, principal, correlation_id, action, resource, outcome, created_at)| AuditRecord {
+                tenant_id,
+                principal,
+                correlation_id,
+                event: AuditEvent { action, resource, outcome },
+                created_at,
+            })
+            .collect())
+    }
+}
