@@ -273,11 +273,20 @@ async fn connect_sqlite(url: &DatabaseUrl) -> Result<SqlitePool> {
 }
 
 async fn connect_postgres(url: &DatabaseUrl) -> Result<PgPool> {
+    use sqlx::Connection;
     let options: PgConnectOptions = url.expose().parse().map_err(|e| errors::map(e, "parse the database URL"))?;
     let options = options.application_name("autobiz");
+    // One direct connection first: a pool retries until its timeout and then
+    // reports only "timed out", while this reports the real reason
+    // (connection refused, no such database, authentication failed).
+    let probe = tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| Error::new(ErrorCode::StoreUnavailable, format!("cannot connect to PostgreSQL at {url}: timed out after 10 s")))?
+        .map_err(|e| errors::map(e, &format!("connect to PostgreSQL at {url}")))?;
+    let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .map_err(|e| errors::map(e, &format!("connect to PostgreSQL at {url}")))

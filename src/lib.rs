@@ -1,0 +1,34 @@
+//! The `autobiz` command line. `main.rs` calls [`main`]; everything here
+//! parses arguments, calls the kernel, and reports.
+//!
+//! * [`cli`]: the command surface (clap).
+//! * `commands/`: one module per command.
+//! * [`report`]: how results and errors are shown (human or JSON) and the
+//!   mapping of errors to exit codes.
+
+pub mod cli;
+mod commands;
+pub mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::Cli;
+use crate::report::{CliError, Reporter};
+
+/// Parse the command line, run the command, and turn the outcome into an
+/// exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let reporter = Reporter::new(cli.global.format, cli.global.quiet);
+    report::init_logging(cli.global.verbose, cli.global.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return reporter.error(&CliError::infrastructure("RUNTIME", format!("cannot start the async runtime: {e}"))),
+    };
+    match runtime.block_on(commands::run(cli, &reporter)) {
+        Ok(code) => code,
+        Err(e) => reporter.error(&e),
+    }
+}
