@@ -25,7 +25,10 @@ pub fn main() -> ExitCode {
     report::init_logging(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return reporter.error(&CliError::infrastructure("RUNTIME", format!("cannot start the async runtime: {e}"))),
+        Err(e) => {
+            return reporter
+                .error(&CliError::infrastructure("RUNTIME", format!("cannot start the async runtime: {e}")));
+        }
     };
     match runtime.block_on(commands::run(cli, &reporter)) {
         Ok(code) => code,

@@ -62,9 +62,8 @@ impl BusinessConfig {
     /// Read and parse `path`. `CONFIG_IO` when it cannot be read,
     /// `CONFIG_PARSE` (with the line) when it is not TOML.
     pub fn load(path: &Path) -> Result<BusinessConfig> {
-        let source = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(ErrorCode::ConfigIo, format!("cannot read the config {}: {e}", path.display()))
-        })?;
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorCode::ConfigIo, format!("cannot read the config {}: {e}", path.display())))?;
         Self::parse(path, source)
     }
 
@@ -217,7 +216,9 @@ tool = "shopify.order.get"
 
     #[test]
     fn invalid_values_are_reported_with_path_and_line_in_a_stable_order() {
-        let bad = MINIMAL.replace("side_effect = \"READ\"", "side_effect = \"MAYBE\"").replace("max_steps = 10", "max_steps = -1");
+        let bad = MINIMAL
+            .replace("side_effect = \"READ\"", "side_effect = \"MAYBE\"")
+            .replace("max_steps = 10", "max_steps = -1");
         let report = parse(&bad).check();
         assert_eq!(report.diagnostics.len(), 2, "{:?}", report.diagnostics);
         let first = &report.diagnostics[0];

@@ -81,11 +81,11 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             TenantForbidden | StateConflict | SecretVersionExpired => ErrorClass::Refused,
-            InvalidInput | DatabaseUrlInvalid | StoreNotMigrated | StoreRoleUnsafe
-            | MasterKeyMissing | MasterKeyInvalid | SecretNotFound | ConfigIo | ConfigParse
-            | ConfigInvalid => ErrorClass::Input,
-            StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt
-            | SecretsIo => ErrorClass::Infrastructure,
+            InvalidInput | DatabaseUrlInvalid | StoreNotMigrated | StoreRoleUnsafe | MasterKeyMissing
+            | MasterKeyInvalid | SecretNotFound | ConfigIo | ConfigParse | ConfigInvalid => ErrorClass::Input,
+            StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo => {
+                ErrorClass::Infrastructure
+            }
         }
     }
 }

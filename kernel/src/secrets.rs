@@ -97,7 +97,8 @@ pub trait SecretsProvider: Send + Sync {
     /// being readable immediately).
     async fn set(&self, ctx: &TenantContext, name: &str, value: SecretString) -> Result<SecretInfo>;
     /// Write a new version; the previous one stays readable for `grace`.
-    async fn rotate(&self, ctx: &TenantContext, name: &str, value: SecretString, grace: Duration) -> Result<SecretInfo>;
+    async fn rotate(&self, ctx: &TenantContext, name: &str, value: SecretString, grace: Duration)
+    -> Result<SecretInfo>;
     /// The tenant's secrets, without values.
     async fn list(&self, ctx: &TenantContext) -> Result<Vec<SecretInfo>>;
 }
@@ -153,11 +154,16 @@ impl MasterKey {
         let Some(key_file) = std::env::var_os(MASTER_KEY_FILE_ENV).map(PathBuf::from) else {
             return Err(Error::new(
                 ErrorCode::MasterKeyMissing,
-                format!("no master key: set {MASTER_KEY_ENV} (32 random bytes as base64: head -c 32 /dev/urandom | base64) or {MASTER_KEY_FILE_ENV}"),
+                format!(
+                    "no master key: set {MASTER_KEY_ENV} (32 random bytes as base64: head -c 32 /dev/urandom | base64) or {MASTER_KEY_FILE_ENV}"
+                ),
             ));
         };
         let key_path = key_file.canonicalize().map_err(|e| {
-            Error::new(ErrorCode::MasterKeyMissing, format!("cannot read the master key file {}: {e}", key_file.display()))
+            Error::new(
+                ErrorCode::MasterKeyMissing,
+                format!("cannot read the master key file {}: {e}", key_file.display()),
+            )
         })?;
         let data_dir = secrets_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if let Ok(data_dir) = data_dir.canonicalize()
@@ -173,7 +179,10 @@ impl MasterKey {
             ));
         }
         let text = Zeroizing::new(fs::read_to_string(&key_path).map_err(|e| {
-            Error::new(ErrorCode::MasterKeyMissing, format!("cannot read the master key file {}: {e}", key_path.display()))
+            Error::new(
+                ErrorCode::MasterKeyMissing,
+                format!("cannot read the master key file {}: {e}", key_path.display()),
+            )
         })?);
         MasterKey::decode(&text)
     }
@@ -253,7 +262,10 @@ impl FileSecrets {
         let resource = format!("secret:{owner}/{name}");
         let Err(refusal) = ctx.authorize(owner, &resource) else { return Ok(()) };
         self.audit
-            .audit(ctx, &AuditEvent { action: "secret_read".into(), resource: resource.clone(), outcome: "denied".into() })
+            .audit(
+                ctx,
+                &AuditEvent { action: "secret_read".into(), resource: resource.clone(), outcome: "denied".into() },
+            )
             .await?;
         self.audit
             .security(
@@ -299,7 +311,10 @@ impl FileSecrets {
             self.audit(ctx, "secret_read", &name, "expired").await?;
             return Err(Error::new(
                 ErrorCode::SecretVersionExpired,
-                format!("version {} of secret {name:?} was rotated out and its grace period ended at {until}", stored.version),
+                format!(
+                    "version {} of secret {name:?} was rotated out and its grace period ended at {until}",
+                    stored.version
+                ),
             ));
         }
         let value = self.key.open(&owner, &name, stored)?;
@@ -307,7 +322,13 @@ impl FileSecrets {
         Ok(value)
     }
 
-    async fn write(&self, ctx: &TenantContext, name: &str, value: SecretString, grace: Option<Duration>) -> Result<SecretInfo> {
+    async fn write(
+        &self,
+        ctx: &TenantContext,
+        name: &str,
+        value: SecretString,
+        grace: Option<Duration>,
+    ) -> Result<SecretInfo> {
         let name = valid_name(name)?.to_owned();
         if value.expose_secret().is_empty() {
             return Err(Error::new(ErrorCode::InvalidInput, "refusing to store an empty secret"));
@@ -375,7 +396,13 @@ impl SecretsProvider for FileSecrets {
         self.write(ctx, name, value, None).await
     }
 
-    async fn rotate(&self, ctx: &TenantContext, name: &str, value: SecretString, grace: Duration) -> Result<SecretInfo> {
+    async fn rotate(
+        &self,
+        ctx: &TenantContext,
+        name: &str,
+        value: SecretString,
+        grace: Duration,
+    ) -> Result<SecretInfo> {
         if grace < Duration::zero() {
             return Err(Error::new(ErrorCode::InvalidInput, "the grace period cannot be negative"));
         }
@@ -390,12 +417,16 @@ impl SecretsProvider for FileSecrets {
             .get(ctx.tenant().as_str())
             .map(|t| t.iter().filter_map(|(name, vs)| Some(info_of(name, vs, now)).filter(|i| i.version > 0)).collect())
             .unwrap_or_default();
-        self.audit.audit(ctx, &AuditEvent {
-            action: "secret_list".into(),
-            resource: format!("secret:{}/*", ctx.tenant()),
-            outcome: "allowed".into(),
-        })
-        .await?;
+        self.audit
+            .audit(
+                ctx,
+                &AuditEvent {
+                    action: "secret_list".into(),
+                    resource: format!("secret:{}/*", ctx.tenant()),
+                    outcome: "allowed".into(),
+                },
+            )
+            .await?;
         Ok(list)
     }
 }
@@ -423,7 +454,9 @@ fn info_of(name: &str, versions: &[StoredVersion], now: DateTime<Utc>) -> Secret
         age_days: current.map_or(0, |v| (now - v.created_at).num_days()),
         previous: versions
             .iter()
-            .filter_map(|v| v.readable_until.filter(|u| *u > now).map(|u| PreviousVersion { version: v.version, readable_until: u }))
+            .filter_map(|v| {
+                v.readable_until.filter(|u| *u > now).map(|u| PreviousVersion { version: v.version, readable_until: u })
+            })
             .collect(),
     }
 }
@@ -484,7 +517,10 @@ fn read_vault(path: &Path, key: &MasterKey) -> Result<Option<Vault>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(Error::new(ErrorCode::SecretsIo, format!("cannot read the secrets file {}: {e}", path.display())));
+            return Err(Error::new(
+                ErrorCode::SecretsIo,
+                format!("cannot read the secrets file {}: {e}", path.display()),
+            ));
         }
     };
     let corrupt = |why: String| {
@@ -506,7 +542,9 @@ fn read_vault(path: &Path, key: &MasterKey) -> Result<Option<Vault>> {
 /// Write atomically: a temporary file beside the target, fsync, rename, fsync
 /// the directory. Mode 0600 on Unix.
 fn write_vault(path: &Path, vault: &Vault) -> Result<()> {
-    let io = |e: std::io::Error| Error::new(ErrorCode::SecretsIo, format!("cannot write the secrets file {}: {e}", path.display()));
+    let io = |e: std::io::Error| {
+        Error::new(ErrorCode::SecretsIo, format!("cannot write the secrets file {}: {e}", path.display()))
+    };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
     let tmp = path.with_extension("json.tmp");
@@ -531,10 +569,17 @@ fn write_vault(path: &Path, vault: &Vault) -> Result<()> {
 /// An exclusive advisory lock on `PATH.lock`, held while writing, so two
 /// processes rotating at once cannot lose a version.
 fn lock_file(path: &Path) -> Result<File> {
-    let io = |e: std::io::Error| Error::new(ErrorCode::SecretsIo, format!("cannot lock the secrets file {}: {e}", path.display()));
+    let io = |e: std::io::Error| {
+        Error::new(ErrorCode::SecretsIo, format!("cannot lock the secrets file {}: {e}", path.display()))
+    };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
-    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(path.with_extension("json.lock")).map_err(io)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("json.lock"))
+        .map_err(io)?;
     lock.lock().map_err(io)?;
     Ok(lock)
 }
@@ -600,7 +645,12 @@ mod tests {
 
     impl Fixture {
         fn open(&self) -> Result<FileSecrets> {
-            FileSecrets::open_with_clock(&self.path, MasterKey::decode(&self.key_b64)?, self.audit.clone(), self.clock.clone())
+            FileSecrets::open_with_clock(
+                &self.path,
+                MasterKey::decode(&self.key_b64)?,
+                self.audit.clone(),
+                self.clock.clone(),
+            )
         }
     }
 
@@ -668,7 +718,8 @@ mod tests {
         s.set(&ctx("acme"), "K", secret("v1")).await.unwrap();
         s.get(&ctx("acme"), "K").await.unwrap();
         s.list(&ctx("acme")).await.unwrap();
-        let actions: Vec<_> = f.audit.audits.lock().unwrap().iter().map(|(_, e)| (e.action.clone(), e.outcome.clone())).collect();
+        let actions: Vec<_> =
+            f.audit.audits.lock().unwrap().iter().map(|(_, e)| (e.action.clone(), e.outcome.clone())).collect();
         assert_eq!(
             actions,
             vec![
@@ -701,7 +752,10 @@ mod tests {
         f.clock.advance(Duration::days(30));
         let info = s.rotate(&c, "K", secret("new"), Duration::hours(24)).await.unwrap();
         assert_eq!(info.version, 2);
-        assert_eq!(info.previous, vec![PreviousVersion { version: 1, readable_until: start() + Duration::days(30) + Duration::hours(24) }]);
+        assert_eq!(
+            info.previous,
+            vec![PreviousVersion { version: 1, readable_until: start() + Duration::days(30) + Duration::hours(24) }]
+        );
         assert_eq!(s.get(&c, "K").await.unwrap().expose_secret(), "new");
         assert_eq!(s.get_version(&c, "K", 1).await.unwrap().expose_secret(), "old");
         f.clock.advance(Duration::hours(25));
@@ -714,7 +768,10 @@ mod tests {
         f.clock.advance(Duration::seconds(1));
         assert_eq!(s.get_version(&c, "K", 2).await.unwrap_err().code(), ErrorCode::SecretNotFound);
         assert_eq!(s.get(&c, "K").await.unwrap().expose_secret(), "newer");
-        assert_eq!(s.rotate(&c, "NOPE", secret("x"), DEFAULT_GRACE).await.unwrap_err().code(), ErrorCode::SecretNotFound);
+        assert_eq!(
+            s.rotate(&c, "NOPE", secret("x"), DEFAULT_GRACE).await.unwrap_err().code(),
+            ErrorCode::SecretNotFound
+        );
     }
 
     #[test]

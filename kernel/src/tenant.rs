@@ -37,7 +37,9 @@ impl FromStr for TenantId {
         } else {
             Err(Error::new(
                 ErrorCode::InvalidInput,
-                format!("invalid tenant id {s:?}: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"),
+                format!(
+                    "invalid tenant id {s:?}: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+                ),
             ))
         }
     }
@@ -160,8 +162,8 @@ pub struct EntityId {
 
 impl EntityId {
     pub fn new(tenant: TenantId, kind: &str, local: &str) -> Result<Self> {
-        let kind_ok = !kind.is_empty()
-            && kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let kind_ok =
+            !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !kind_ok || local.is_empty() {
             return Err(Error::new(
                 ErrorCode::InvalidInput,

@@ -52,10 +52,14 @@ async fn p1_t31_tenant_transaction_sees_only_its_rows_without_a_where_clause() {
     set_tenant(&mut tx, "acme").await;
     assert_eq!(count(&mut tx, "state_versions").await, 3);
     assert_eq!(count(&mut tx, "tenants").await, 1);
-    let tenants: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM state_versions").fetch_all(&mut *tx).await.unwrap();
+    let tenants: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM state_versions").fetch_all(&mut *tx).await.unwrap();
     assert_eq!(tenants, vec!["acme".to_owned()]);
     // Even asking for globex by name returns nothing.
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM state_versions WHERE tenant_id = 'globex'").fetch_one(&mut *tx).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM state_versions WHERE tenant_id = 'globex'")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(n, 0);
     tx.rollback().await.unwrap();
 }
@@ -67,7 +71,8 @@ async fn p1_t33_tenant_transaction_cannot_change_other_tenants_rows() {
     let mut tx = conn.begin().await.unwrap();
     set_tenant(&mut tx, "acme").await;
     // UPDATE and DELETE without a tenant filter touch acme's rows only.
-    let updated = sqlx::query("UPDATE state_versions SET state = '{\"hijacked\": true}'").execute(&mut *tx).await.unwrap();
+    let updated =
+        sqlx::query("UPDATE state_versions SET state = '{\"hijacked\": true}'").execute(&mut *tx).await.unwrap();
     assert_eq!(updated.rows_affected(), 3);
     let deleted = sqlx::query("DELETE FROM tenants").execute(&mut *tx).await.unwrap();
     assert_eq!(deleted.rows_affected(), 1);
@@ -91,8 +96,10 @@ async fn p1_t33_tenant_transaction_cannot_change_other_tenants_rows() {
     let mut tx = conn.begin().await.unwrap();
     set_tenant(&mut tx, "globex").await;
     assert_eq!(count(&mut tx, "state_versions").await, 3);
-    let hijacked: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM state_versions WHERE state ? 'hijacked'").fetch_one(&mut *tx).await.unwrap();
+    let hijacked: i64 = sqlx::query_scalar("SELECT count(*) FROM state_versions WHERE state ? 'hijacked'")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(hijacked, 0);
 }
 
@@ -107,10 +114,17 @@ async fn p1_t_rk06a_transaction_without_tenant_sees_zero_rows_and_cannot_write()
     for table in TENANT_TABLES {
         assert_eq!(count(&mut tx, table).await, 0, "{table} must look empty without a tenant");
     }
-    let err = sqlx::query("INSERT INTO tenants (tenant_id, display_name) VALUES ('acme', 'x')").execute(&mut *tx).await.unwrap_err();
+    let err = sqlx::query("INSERT INTO tenants (tenant_id, display_name) VALUES ('acme', 'x')")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
     let db_err = err.as_database_error().expect("a database error");
     assert_eq!(db_err.code().as_deref(), Some("42501"));
-    assert!(db_err.message().contains("row-level security"), "the refusal is the policy's, not an error inside it: {}", db_err.message());
+    assert!(
+        db_err.message().contains("row-level security"),
+        "the refusal is the policy's, not an error inside it: {}",
+        db_err.message()
+    );
     drop(tx);
     let mut tx = conn.begin().await.unwrap();
     let changed = sqlx::query("UPDATE state_versions SET state = '{}'").execute(&mut *tx).await.unwrap();
@@ -136,7 +150,10 @@ async fn p1_t_rk06b_pooled_connection_after_a_tenant_transaction_sees_nothing() 
     for table in TENANT_TABLES {
         assert_eq!(count(&mut tx, table).await, 0, "{table} must look empty with an empty tenant setting");
     }
-    let err = sqlx::query("INSERT INTO tenants (tenant_id, display_name) VALUES ('', 'x')").execute(&mut *tx).await.unwrap_err();
+    let err = sqlx::query("INSERT INTO tenants (tenant_id, display_name) VALUES ('', 'x')")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
     assert_eq!(err.as_database_error().and_then(|d| d.code()).as_deref(), Some("42501"));
 }
 
@@ -145,7 +162,11 @@ async fn p1_t_rk06c_kernel_role_is_not_owner_and_has_no_bypassrls() {
     let db = seeded().await;
     let pool = PgPool::connect(db.admin_url()).await.unwrap();
     let (superuser, bypass): (bool, bool) =
-        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1").bind(KERNEL_ROLE).fetch_one(&pool).await.unwrap();
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+            .bind(KERNEL_ROLE)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(!superuser && !bypass);
     for table in TENANT_TABLES {
         let (owner, rls, force, kernel_is_member): (String, bool, bool, bool) = sqlx::query_as(
@@ -161,12 +182,13 @@ async fn p1_t_rk06c_kernel_role_is_not_owner_and_has_no_bypassrls() {
         assert_ne!(owner, KERNEL_ROLE, "{table} must not be owned by the kernel role");
         assert!(!kernel_is_member, "the kernel role must not be a member of {table}'s owner");
         assert!(rls && force, "{table} must ENABLE and FORCE row level security");
-        let (qual, check): (Option<String>, Option<String>) =
-            sqlx::query_as("SELECT qual, with_check FROM pg_policies WHERE tablename = $1 AND policyname = 'tenant_isolation'")
-                .bind(table)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let (qual, check): (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT qual, with_check FROM pg_policies WHERE tablename = $1 AND policyname = 'tenant_isolation'",
+        )
+        .bind(table)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert!(qual.unwrap().contains("autobiz_current_tenant()"), "{table} USING");
         assert!(check.unwrap().contains("autobiz_current_tenant()"), "{table} WITH CHECK");
     }

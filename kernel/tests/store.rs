@@ -30,7 +30,11 @@ macro_rules! both {
 }
 
 fn ctx(tenant: &str) -> TenantContext {
-    TenantContext::new(tenant.parse().unwrap(), Principal::new("test:runner"), CorrelationId::new(format!("corr-{tenant}")))
+    TenantContext::new(
+        tenant.parse().unwrap(),
+        Principal::new("test:runner"),
+        CorrelationId::new(format!("corr-{tenant}")),
+    )
 }
 
 fn url(s: &str) -> DatabaseUrl {
@@ -48,11 +52,18 @@ async fn migrated(db: &TestDatabase) -> Store {
 #[test]
 fn migrations_stay_in_step_across_backends() {
     let list = |b| -> Vec<(i64, String, bool)> {
-        migrator(b).iter().map(|m| (m.version, m.description.to_string(), m.migration_type.is_down_migration())).collect()
+        migrator(b)
+            .iter()
+            .map(|m| (m.version, m.description.to_string(), m.migration_type.is_down_migration()))
+            .collect()
     };
     let sqlite = list(Backend::Sqlite);
     assert!(!sqlite.is_empty());
-    assert_eq!(sqlite, list(Backend::Postgres), "migrations/sqlite and migrations/postgres must have the same versions");
+    assert_eq!(
+        sqlite,
+        list(Backend::Postgres),
+        "migrations/sqlite and migrations/postgres must have the same versions"
+    );
     // Every up migration has a down migration: that is the downgrade path.
     for (v, _, down) in &sqlite {
         if !down {
@@ -79,13 +90,17 @@ async fn tables_have_tenant_id_audit_columns_and_indexes(db: TestDatabase) {
         autobiz_testkit::Backend::Sqlite => {
             let pool = sqlx::SqlitePool::connect(db.admin_url()).await.unwrap();
             for table in TENANT_TABLES {
-                let cols: Vec<(String, i64)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT name, \"notnull\" FROM pragma_table_info('{table}')")))
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
+                let cols: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT name, \"notnull\" FROM pragma_table_info('{table}')"
+                )))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
                 for required in ["tenant_id", "created_at", "updated_at"] {
-                    let col = cols.iter().find(|(n, _)| n == required).unwrap_or_else(|| panic!("{table}.{required} missing"));
+                    let col = cols
+                        .iter()
+                        .find(|(n, _)| n == required)
+                        .unwrap_or_else(|| panic!("{table}.{required} missing"));
                     assert_eq!(col.1, 1, "{table}.{required} must be NOT NULL");
                 }
             }
@@ -111,7 +126,10 @@ async fn tables_have_tenant_id_audit_columns_and_indexes(db: TestDatabase) {
                 }
             }
             let indexes: Vec<(String,)> =
-                sqlx::query_as("SELECT indexname::text FROM pg_indexes WHERE tablename = 'event_store'").fetch_all(&pool).await.unwrap();
+                sqlx::query_as("SELECT indexname::text FROM pg_indexes WHERE tablename = 'event_store'")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
             for idx in ["idx_events_tenant_source", "idx_events_tenant_status"] {
                 assert!(indexes.iter().any(|(n,)| n == idx), "{idx} missing");
             }
@@ -191,8 +209,14 @@ async fn stale_and_concurrent_state_writes_conflict(db: TestDatabase) {
     let store = migrated(&db).await;
     let e: EntityId = "acme/order/7".parse().unwrap();
     assert_eq!(store.append_state(&ctx("acme"), &e, 0, &json!({"v": 1})).await.unwrap(), 1);
-    assert_eq!(store.append_state(&ctx("acme"), &e, 0, &json!({"v": "stale"})).await.unwrap_err().code(), ErrorCode::StateConflict);
-    assert_eq!(store.append_state(&ctx("acme"), &e, 5, &json!({"v": "ahead"})).await.unwrap_err().code(), ErrorCode::StateConflict);
+    assert_eq!(
+        store.append_state(&ctx("acme"), &e, 0, &json!({"v": "stale"})).await.unwrap_err().code(),
+        ErrorCode::StateConflict
+    );
+    assert_eq!(
+        store.append_state(&ctx("acme"), &e, 5, &json!({"v": "ahead"})).await.unwrap_err().code(),
+        ErrorCode::StateConflict
+    );
     // Eight writers race for version 2: exactly one wins.
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -218,7 +242,8 @@ both!(stale_and_concurrent_state_writes_conflict, stale_and_concurrent_state_wri
 async fn cross_tenant_secret_access_is_refused_and_audited_in_the_store(db: TestDatabase) {
     let store = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let secrets = FileSecrets::open(dir.path().join("secrets.json"), MasterKey::generate(), Arc::new(store.clone())).unwrap();
+    let secrets =
+        FileSecrets::open(dir.path().join("secrets.json"), MasterKey::generate(), Arc::new(store.clone())).unwrap();
     secrets.set(&ctx("globex"), "STRIPE_KEY", SecretString::from("sk_test_globex_only".to_owned())).await.unwrap();
 
     let err = secrets.get(&ctx("acme"), "globex/STRIPE_KEY").await.unwrap_err();
@@ -237,7 +262,10 @@ async fn cross_tenant_secret_access_is_refused_and_audited_in_the_store(db: Test
     assert_eq!(owner_audit[0].event.action, "secret_read");
     assert_eq!(owner_audit[0].event.outcome, "allowed");
 }
-both!(p1_t32_cross_tenant_secret_access_is_refused_and_audited_in_the_store, cross_tenant_secret_access_is_refused_and_audited_in_the_store);
+both!(
+    p1_t32_cross_tenant_secret_access_is_refused_and_audited_in_the_store,
+    cross_tenant_secret_access_is_refused_and_audited_in_the_store
+);
 
 // --- SQLite specifics ------------------------------------------------------------
 

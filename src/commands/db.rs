@@ -22,7 +22,11 @@ pub async fn run(global: &GlobalArgs, cmd: DbCommand, reporter: &Reporter) -> Re
                 || {
                     let mut t = table(&["version", "description", "applied"]);
                     for s in &states {
-                        t.add_row(vec![s.version.to_string(), s.description.clone(), if s.applied { "yes" } else { "no" }.to_owned()]);
+                        t.add_row(vec![
+                            s.version.to_string(),
+                            s.description.clone(),
+                            if s.applied { "yes" } else { "no" }.to_owned(),
+                        ]);
                     }
                     format!("{url} ({})\n{t}", store.backend())
                 },
@@ -34,7 +38,9 @@ pub async fn run(global: &GlobalArgs, cmd: DbCommand, reporter: &Reporter) -> Re
             if !yes {
                 return Err(CliError::input(
                     "CONFIRMATION_REQUIRED",
-                    format!("downgrading to version {to} drops the tables of later migrations and their data: back up, then add --yes"),
+                    format!(
+                        "downgrading to version {to} drops the tables of later migrations and their data: back up, then add --yes"
+                    ),
                 ));
             }
             let summary = store.downgrade(to).await?;

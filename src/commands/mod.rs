@@ -55,7 +55,10 @@ fn database_url(global: &GlobalArgs) -> Result<DatabaseUrl, CliError> {
 /// principal, a fresh correlation id.
 fn tenant_context(global: &GlobalArgs) -> Result<TenantContext, CliError> {
     let Some(tenant) = global.tenant.as_deref() else {
-        return Err(CliError::input("TENANT_REQUIRED", "this command acts for one tenant: pass --tenant ID or set AUTOBIZ_TENANT"));
+        return Err(CliError::input(
+            "TENANT_REQUIRED",
+            "this command acts for one tenant: pass --tenant ID or set AUTOBIZ_TENANT",
+        ));
     };
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
     Ok(TenantContext::new(tenant.parse()?, Principal::new(format!("cli:{user}")), CorrelationId::random()))

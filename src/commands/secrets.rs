@@ -33,7 +33,11 @@ pub async fn run(global: &GlobalArgs, args: SecretsArgs, reporter: &Reporter) ->
             let info = secrets.rotate(&ctx, &name, read_value(&source)?, grace).await?;
             reporter.result(
                 || {
-                    let until = info.previous.iter().map(|p| format!("; version {} readable until {}", p.version, p.readable_until)).collect::<String>();
+                    let until = info
+                        .previous
+                        .iter()
+                        .map(|p| format!("; version {} readable until {}", p.version, p.readable_until))
+                        .collect::<String>();
                     format!("rotated {}/{} to version {}{until}", ctx.tenant(), info.name, info.version)
                 },
                 &info,
@@ -56,7 +60,11 @@ fn render(list: &[SecretInfo]) -> String {
     }
     let mut t = table(&["name", "version", "created", "age (days)", "previous versions readable until"]);
     for s in list {
-        let previous = s.previous.iter().map(|p| format!("v{} {}", p.version, p.readable_until.format("%Y-%m-%d %H:%M UTC"))).collect::<Vec<_>>();
+        let previous = s
+            .previous
+            .iter()
+            .map(|p| format!("v{} {}", p.version, p.readable_until.format("%Y-%m-%d %H:%M UTC")))
+            .collect::<Vec<_>>();
         t.add_row(vec![
             s.name.clone(),
             s.version.to_string(),
@@ -71,7 +79,8 @@ fn render(list: &[SecretInfo]) -> String {
 /// Read a secret value; one trailing newline is dropped (as `echo` adds one).
 fn read_value(source: &ValueSource) -> Result<SecretString, CliError> {
     let mut value = if let Some(var) = &source.from_env {
-        std::env::var(var).map_err(|_| CliError::input("INVALID_INPUT", format!("environment variable {var} is not set")))?
+        std::env::var(var)
+            .map_err(|_| CliError::input("INVALID_INPUT", format!("environment variable {var} is not set")))?
     } else if let Some(path) = &source.from_file {
         std::fs::read_to_string(path)
             .map_err(|e| CliError::input("INVALID_INPUT", format!("cannot read {}: {e}", path.display())))?

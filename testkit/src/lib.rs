@@ -68,8 +68,7 @@ impl TestDatabase {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let server_url = server_url();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let name =
-            format!("autobiz_test_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!("autobiz_test_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let mut admin = connect_server(&server_url).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut admin)

@@ -41,10 +41,10 @@ pub(crate) fn map(e: sqlx::Error, doing: &str) -> Error {
 /// SQLite reports extended result codes; the primary code is the low byte.
 fn sqlite_code(code: &str) -> ErrorCode {
     match code.parse::<u32>().map(|n| n & 0xff) {
-        Ok(11 | 26) => ErrorCode::StoreCorrupt, // CORRUPT, NOTADB
+        Ok(11 | 26) => ErrorCode::StoreCorrupt,              // CORRUPT, NOTADB
         Ok(3 | 8 | 10 | 13 | 14 | 23) => ErrorCode::StoreIo, // PERM, READONLY, IOERR, FULL, CANTOPEN, AUTH
-        Ok(19) => ErrorCode::StateConflict, // CONSTRAINT
-        _ => ErrorCode::StoreUnavailable, // BUSY, LOCKED and the rest
+        Ok(19) => ErrorCode::StateConflict,                  // CONSTRAINT
+        _ => ErrorCode::StoreUnavailable,                    // BUSY, LOCKED and the rest
     }
 }
 
@@ -55,7 +55,7 @@ fn postgres_code(code: &str) -> ErrorCode {
         "42P01" => ErrorCode::StoreNotMigrated, // undefined table
         "3D000" | "28000" | "28P01" => ErrorCode::DatabaseUrlInvalid, // no such database, auth
         c if c.starts_with("23") => ErrorCode::StateConflict, // integrity violations
-        _ => ErrorCode::StoreUnavailable, // connection (08), shutdown (57), resources (53), ...
+        _ => ErrorCode::StoreUnavailable,      // connection (08), shutdown (57), resources (53), ...
     }
 }
 

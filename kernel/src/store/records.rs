@@ -167,7 +167,8 @@ impl Store {
     pub async fn latest_state(&self, ctx: &TenantContext, entity: &EntityId) -> Result<Option<StateVersion>> {
         self.authorize(ctx, entity.tenant(), &entity.to_string(), "read").await?;
         let mut tx = self.begin(ctx).await?;
-        let row: Option<(String, i64, Json<Value>, String, DateTime<Utc>)> = on_tx!(tx, c => sqlx::query_as(
+        type Row = (String, i64, Json<Value>, String, DateTime<Utc>);
+        let row: Option<Row> = on_tx!(tx, c => sqlx::query_as(
             "SELECT entity_id, version, state, correlation_id, created_at FROM state_versions
               WHERE tenant_id = $1 AND entity_id = $2 ORDER BY version DESC LIMIT 1",
         )

@@ -205,7 +205,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed_urls_with_a_stable_code() {
-        for bad in ["", "mysql://x/y", "sqlite://", "sqlite://dir/", "postgres://", "postgres://h", "nonsense", "postgres://h:notaport/db"] {
+        for bad in [
+            "",
+            "mysql://x/y",
+            "sqlite://",
+            "sqlite://dir/",
+            "postgres://",
+            "postgres://h",
+            "nonsense",
+            "postgres://h:notaport/db",
+        ] {
             let err = bad.parse::<DatabaseUrl>().unwrap_err();
             assert_eq!(err.code(), ErrorCode::DatabaseUrlInvalid, "{bad}");
         }
@@ -217,7 +226,11 @@ mod tests {
         assert!(!pg.to_string().contains("s3cr3t-pw"));
         assert!(!format!("{pg:?}").contains("s3cr3t-pw"));
         assert_eq!(pg.expose(), "postgres://kernel:s3cr3t-pw@db.internal:5432/prod");
-        for bad in ["postgres://kernel:s3cr3t-pw@/prod", "postgres://kernel:s3cr3t-pw@h:bad/prod", "postgres://kernel:s3cr3t-pw@h"] {
+        for bad in [
+            "postgres://kernel:s3cr3t-pw@/prod",
+            "postgres://kernel:s3cr3t-pw@h:bad/prod",
+            "postgres://kernel:s3cr3t-pw@h",
+        ] {
             let err = bad.parse::<DatabaseUrl>().unwrap_err();
             assert!(!err.message().contains("s3cr3t-pw"), "{}", err.message());
             assert!(err.message().contains("kernel:***@"), "{}", err.message());

@@ -1,0 +1,371 @@
+//! The `autobiz` binary as a user meets it: help, exit codes, output formats,
+//! and the bad-input cases of the foundation (malformed URL, unreachable
+//! server, corrupted file, wrong master key).
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use autobiz_testkit::TestDatabase;
+use predicates::prelude::*;
+use serde_json::Value;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop/autobiz.toml");
+
+/// The binary with a clean environment: no inherited AUTOBIZ_* settings.
+fn autobiz(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("autobiz").unwrap();
+    cmd.current_dir(dir);
+    for var in [
+        "AUTOBIZ_DATABASE_URL",
+        "AUTOBIZ_CONFIG",
+        "AUTOBIZ_TENANT",
+        "AUTOBIZ_MASTER_KEY",
+        "AUTOBIZ_MASTER_KEY_FILE",
+        "AUTOBIZ_SECRETS_FILE",
+        "AUTOBIZ_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn json_of(out: &[u8]) -> Value {
+    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+#[test]
+fn help_lists_the_whole_command_surface_and_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = autobiz(dir.path()).arg("--help").assert().success().get_output().stdout.clone();
+    let help = String::from_utf8(out).unwrap();
+    for cmd in [
+        "db",
+        "check",
+        "run",
+        "replay",
+        "trace",
+        "suite",
+        "gate",
+        "keys",
+        "deploy",
+        "quarantine",
+        "trace-matrix",
+        "soak",
+        "exit-criteria",
+        "serve",
+        "fakes",
+        "hitl",
+        "breaker",
+        "secrets",
+        "reconcile",
+    ] {
+        assert!(help.lines().any(|l| l.trim_start().starts_with(&format!("{cmd} "))), "--help lacks {cmd}:\n{help}");
+    }
+    for flag in ["--database-url", "--config", "--tenant", "--format", "--quiet", "--verbose"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(help.contains("Exit codes:") && help.contains("3  infrastructure failure"));
+}
+
+#[test]
+fn commands_of_later_releases_say_so_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["run", "WF01", "--event", "e.json"],
+        vec!["replay", "t.jsonl"],
+        vec!["trace", "show", "run_1"],
+        vec!["suite", "unit"],
+        vec!["gate", "--runs", "3"],
+        vec!["keys", "generate", "--out", "k"],
+        vec!["deploy", "--evidence", "e.json", "--", "echo", "hi"],
+        vec!["quarantine", "list"],
+        vec!["trace-matrix"],
+        vec!["soak", "--days", "7"],
+        vec!["exit-criteria"],
+        vec!["serve"],
+        vec!["fakes", "serve"],
+        vec!["hitl", "list"],
+        vec!["breaker", "reset", "stripe"],
+        vec!["reconcile", "run"],
+    ] {
+        autobiz(dir.path()).args(&args).assert().code(2).stderr(predicate::str::contains("error[NOT_YET_AVAILABLE]"));
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    autobiz(dir.path()).arg("frobnicate").assert().code(2);
+    autobiz(dir.path()).args(["db", "downgrade"]).assert().code(2);
+}
+
+#[test]
+fn db_migrate_on_the_embedded_default_creates_the_file_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    autobiz(dir.path()).args(["db", "migrate"]).assert().success().stdout(predicate::str::contains("applied 0001"));
+    assert!(dir.path().join(".autobiz/autobiz.db").exists());
+    let out =
+        autobiz(dir.path()).args(["--format", "json", "db", "migrate"]).assert().success().get_output().stdout.clone();
+    let v = json_of(&out);
+    assert_eq!(v["changed"], serde_json::json!([]));
+    assert_eq!(v["current"], 1);
+    assert_eq!(v["backend"], "sqlite");
+    autobiz(dir.path()).args(["db", "status"]).assert().success().stdout(predicate::str::contains("foundation"));
+}
+
+#[test]
+fn db_downgrade_needs_confirmation_then_reverts() {
+    let dir = tempfile::tempdir().unwrap();
+    autobiz(dir.path()).args(["db", "migrate"]).assert().success();
+    autobiz(dir.path())
+        .args(["db", "downgrade", "--to", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("CONFIRMATION_REQUIRED"));
+    autobiz(dir.path())
+        .args(["db", "downgrade", "--to", "0", "--yes"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("reverted 0001"));
+    autobiz(dir.path()).args(["db", "migrate"]).assert().success().stdout(predicate::str::contains("applied 0001"));
+}
+
+#[test]
+fn check_accepts_the_shipped_example_and_prints_a_stable_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = autobiz(dir.path())
+            .args(["--format", "json", "check", "--config", EXAMPLE])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        json_of(&out)
+    };
+    let a = run();
+    assert_eq!(a["ok"], true);
+    let hash = a["report"]["config_hash"].as_str().unwrap().to_owned();
+    assert!(hash.starts_with("sha256:") && hash.len() == 71);
+    assert_eq!(run()["report"]["config_hash"], hash.as_str());
+    autobiz(dir.path())
+        .args(["check", "--config", EXAMPLE])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("config hash: {hash}")));
+}
+
+#[test]
+fn check_reports_schema_problems_with_line_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad =
+        std::fs::read_to_string(EXAMPLE).unwrap().replacen("side_effect = \"READ\"", "side_effect = \"SOMETIMES\"", 1);
+    std::fs::write(dir.path().join("autobiz.toml"), bad).unwrap();
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(
+        predicate::str::contains("error[CONFIG_INVALID] autobiz.toml:")
+            .and(predicate::str::contains("/tools/0/side_effect")),
+    );
+}
+
+#[test]
+fn check_on_malformed_or_missing_config_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("autobiz.toml"), "[business\nname = 1").unwrap();
+    autobiz(dir.path())
+        .arg("check")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("error[CONFIG_PARSE]: autobiz.toml:1:"));
+    autobiz(dir.path())
+        .args(["check", "--config", "nope.toml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("CONFIG_IO"));
+}
+
+#[test]
+fn malformed_database_url_exits_2_without_showing_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["mysql://root:hunter2@h/db", "postgres://root:hunter2@/db", "sqlite://"] {
+        let out = autobiz(dir.path())
+            .args(["--database-url", bad, "db", "migrate"])
+            .assert()
+            .code(2)
+            .get_output()
+            .stderr
+            .clone();
+        let err = String::from_utf8(out).unwrap();
+        assert!(err.starts_with("error[DATABASE_URL_INVALID]"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    }
+}
+
+#[test]
+fn unreachable_postgres_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    autobiz(dir.path())
+        .args(["--database-url", "postgres://postgres@127.0.0.1:1/x", "db", "migrate"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("error[STORE_UNAVAILABLE]"));
+}
+
+#[test]
+fn corrupted_sqlite_file_exits_3_and_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".autobiz")).unwrap();
+    let db = dir.path().join(".autobiz/autobiz.db");
+    std::fs::write(&db, "garbage, not a database".repeat(200)).unwrap();
+    autobiz(dir.path())
+        .args(["db", "migrate"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("error[STORE_CORRUPT]"));
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), "garbage, not a database".repeat(200));
+}
+
+#[test]
+fn unwritable_directory_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    autobiz(dir.path())
+        .args(["--database-url", "sqlite://file/sub/autobiz.db", "db", "migrate"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("error[STORE_IO]"));
+}
+
+#[test]
+fn json_errors_are_one_document_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = autobiz(dir.path())
+        .args(["--format", "json", "--database-url", "nope://", "db", "migrate"])
+        .assert()
+        .code(2)
+        .get_output()
+        .stdout
+        .clone();
+    let v = json_of(&out);
+    assert_eq!(v["error"]["code"], "DATABASE_URL_INVALID");
+    assert!(v["error"]["message"].as_str().unwrap().contains("unsupported scheme"));
+}
+
+#[test]
+fn secrets_set_rotate_list_never_print_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        autobiz(dir.path())
+            .env("AUTOBIZ_MASTER_KEY", KEY)
+            .args(["--tenant", "acme", "secrets"])
+            .args(args)
+            .write_stdin(stdin)
+            .assert()
+    };
+    run(&["set", "STRIPE_KEY"], "sk_test_value_one\n")
+        .success()
+        .stdout(predicate::str::contains("set acme/STRIPE_KEY (version 1)"));
+    run(&["rotate", "STRIPE_KEY", "--grace", "2h"], "sk_test_value_two")
+        .success()
+        .stdout(predicate::str::contains("version 2"));
+    let out = run(&["list"], "").success().get_output().stdout.clone();
+    let listing = String::from_utf8(out).unwrap();
+    assert!(listing.contains("STRIPE_KEY") && listing.contains("v1 "), "{listing}");
+    let out = run(&["--format", "json", "list"], "").success().get_output().stdout.clone();
+    let v = json_of(&out);
+    assert_eq!(v[0]["version"], 2);
+    assert_eq!(v[0]["previous"][0]["version"], 1);
+    let file = std::fs::read_to_string(dir.path().join(".autobiz/secrets.json")).unwrap();
+    for text in [listing.as_str(), file.as_str(), &v.to_string()] {
+        assert!(!text.contains("sk_test_value"), "a value leaked: {text}");
+    }
+}
+
+#[test]
+fn secrets_without_tenant_or_key_or_with_a_wrong_key_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY", KEY)
+        .args(["secrets", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("TENANT_REQUIRED"));
+    autobiz(dir.path())
+        .args(["--tenant", "acme", "secrets", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("MASTER_KEY_MISSING"));
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY", "too-short")
+        .args(["--tenant", "acme", "secrets", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("MASTER_KEY_INVALID"));
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY", KEY)
+        .args(["--tenant", "acme", "secrets", "set", "K"])
+        .write_stdin("v")
+        .assert()
+        .success();
+    let before = std::fs::read(dir.path().join(".autobiz/secrets.json")).unwrap();
+    let other_key = "HwEdHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY", other_key)
+        .args(["--tenant", "acme", "secrets", "set", "K"])
+        .write_stdin("v2")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("MASTER_KEY_INVALID"));
+    assert_eq!(std::fs::read(dir.path().join(".autobiz/secrets.json")).unwrap(), before, "no partial write");
+}
+
+#[test]
+fn a_master_key_file_beside_the_secrets_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".autobiz")).unwrap();
+    std::fs::write(dir.path().join(".autobiz/master.key"), KEY).unwrap();
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY_FILE", dir.path().join(".autobiz/master.key"))
+        .args(["--tenant", "acme", "secrets", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("beside the secrets"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("master.key"), KEY).unwrap();
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY_FILE", elsewhere.path().join("master.key"))
+        .args(["--tenant", "acme", "secrets", "list"])
+        .assert()
+        .success();
+}
+
+#[tokio::test]
+async fn postgres_migrate_as_owner_then_run_as_the_kernel_role() {
+    let db = TestDatabase::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    autobiz(dir.path())
+        .args(["--database-url", db.admin_url(), "db", "migrate"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("applied 0001"));
+    autobiz(dir.path())
+        .args(["--database-url", db.admin_url(), "db", "migrate"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("nothing to do"));
+    // Tenant work as the superuser is refused: RLS would not apply.
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY", KEY)
+        .args(["--database-url", db.admin_url(), "--tenant", "acme", "secrets", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("STORE_ROLE_UNSAFE"));
+    autobiz(dir.path())
+        .env("AUTOBIZ_MASTER_KEY", KEY)
+        .args(["--database-url", db.kernel_url(), "--tenant", "acme", "secrets", "set", "K"])
+        .write_stdin("v")
+        .assert()
+        .success();
+}
