@@ -222,3 +222,25 @@ async fn unreachable_server_is_store_unavailable() {
     let err = Store::open_admin(&missing).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::DatabaseUrlInvalid, "{}", err.message());
 }
+
+#[tokio::test]
+async fn store_refuses_a_role_that_owns_the_tenant_tables() {
+    let db = TestDatabase::postgres().await;
+    Store::open_admin(&url(db.admin_url())).await.unwrap().migrate().await.unwrap();
+    let mut admin = PgConnection::connect(db.admin_url()).await.unwrap();
+    // A plain role (not superuser, no BYPASSRLS) that owns one tenant table:
+    // as owner it could disable RLS, so the store must refuse it.
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+             CREATE ROLE autobiz_test_owner LOGIN NOSUPERUSER NOBYPASSRLS;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ALTER TABLE audit_events OWNER TO autobiz_test_owner").execute(&mut admin).await.unwrap();
+    let owner_url = url(db.admin_url()).with_postgres_user("autobiz_test_owner", None).unwrap();
+    let err = Store::open(&owner_url).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::StoreRoleUnsafe, "{}", err.message());
+    assert!(err.message().contains("owns the tenant tables"), "{}", err.message());
+}
