@@ -11,6 +11,8 @@
 //! * [`secrets::SecretsProvider`]: per-tenant credentials, audited, with the
 //!   encrypted-file default [`secrets::FileSecrets`].
 //! * [`config::BusinessConfig`]: `autobiz.toml`, its schema and its hash.
+//! * [`redaction::RedactionPolicy`]: what of a tool call may reach a persisted
+//!   trace (allowlist, sensitive names, scanners that raise alerts).
 //! * [`Error`]: one error type with stable [`ErrorCode`]s.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map and invariants.
@@ -18,6 +20,7 @@
 pub mod clock;
 pub mod config;
 mod error;
+pub mod redaction;
 pub mod secrets;
 pub mod store;
 pub mod tenant;
