@@ -150,8 +150,13 @@ pub struct PendingArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {
-    /// Print a run's trace.
-    Show(PendingArgs),
+    /// Print a run's trace: every record with tool, decision, error, duration
+    /// and cost (inputs and outputs as redacted when written; `--format json`
+    /// shows them).
+    Show {
+        /// The run id.
+        run_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,6 +48,17 @@ pub enum ErrorCode {
     ConfigIo,
     ConfigParse,
     ConfigInvalid,
+    ToolUnknown,
+    ToolSchemaInvalid,
+    SchemaInvalid,
+    OutputSchemaInvalid,
+    PermissionDenied,
+    BoundExceeded,
+    LoopDetected,
+    ToolTimeout,
+    ToolFailed,
+    TraceWriteFailed,
+    RunTerminated,
 }
 
 impl ErrorCode {
@@ -73,6 +84,17 @@ impl ErrorCode {
             ErrorCode::ConfigIo => "CONFIG_IO",
             ErrorCode::ConfigParse => "CONFIG_PARSE",
             ErrorCode::ConfigInvalid => "CONFIG_INVALID",
+            ErrorCode::ToolUnknown => "TOOL_UNKNOWN",
+            ErrorCode::ToolSchemaInvalid => "TOOL_SCHEMA_INVALID",
+            ErrorCode::SchemaInvalid => "SCHEMA_INVALID",
+            ErrorCode::OutputSchemaInvalid => "OUTPUT_SCHEMA_INVALID",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::BoundExceeded => "BOUND_EXCEEDED",
+            ErrorCode::LoopDetected => "LOOP_DETECTED",
+            ErrorCode::ToolTimeout => "TOOL_TIMEOUT",
+            ErrorCode::ToolFailed => "TOOL_FAILED",
+            ErrorCode::TraceWriteFailed => "TRACE_WRITE_FAILED",
+            ErrorCode::RunTerminated => "RUN_TERMINATED",
         }
     }
 
@@ -80,12 +102,16 @@ impl ErrorCode {
     pub fn class(self) -> ErrorClass {
         use ErrorCode::*;
         match self {
-            TenantForbidden | StateConflict | SecretVersionExpired => ErrorClass::Refused,
-            InvalidInput | DatabaseUrlInvalid | StoreNotMigrated | StoreRoleUnsafe | MasterKeyMissing
-            | MasterKeyInvalid | SecretNotFound | ConfigIo | ConfigParse | ConfigInvalid => ErrorClass::Input,
-            StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo => {
-                ErrorClass::Infrastructure
+            TenantForbidden | StateConflict | SecretVersionExpired | ToolUnknown | SchemaInvalid
+            | OutputSchemaInvalid | PermissionDenied | BoundExceeded | LoopDetected | RunTerminated => {
+                ErrorClass::Refused
             }
+            InvalidInput | DatabaseUrlInvalid | StoreNotMigrated | StoreRoleUnsafe | MasterKeyMissing
+            | MasterKeyInvalid | SecretNotFound | ConfigIo | ConfigParse | ConfigInvalid | ToolSchemaInvalid => {
+                ErrorClass::Input
+            }
+            StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo
+            | ToolTimeout | ToolFailed | TraceWriteFailed => ErrorClass::Infrastructure,
         }
     }
 }

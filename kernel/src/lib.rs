@@ -11,18 +11,30 @@
 //! * [`secrets::SecretsProvider`]: per-tenant credentials, audited, with the
 //!   encrypted-file default [`secrets::FileSecrets`].
 //! * [`config::BusinessConfig`]: `autobiz.toml`, its schema and its hash.
+//! * [`executor::Executor`]: the one path every tool call takes: contract
+//!   lookup ([`contract::ToolRegistry`]), schema validation, permissions
+//!   ([`permission::PermissionEnforcer`]), bounds and loop detection
+//!   ([`bounds`]), timeouts, cost, and a redacted, persisted [`trace`].
+//! * [`workflow::Workflow`]: declared steps and branches, run through the
+//!   executor.
 //! * [`redaction::RedactionPolicy`]: what of a tool call may reach a persisted
 //!   trace (allowlist, sensitive names, scanners that raise alerts).
 //! * [`Error`]: one error type with stable [`ErrorCode`]s.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map and invariants.
 
+pub mod bounds;
 pub mod clock;
 pub mod config;
+pub mod contract;
 mod error;
+pub mod executor;
+pub mod permission;
 pub mod redaction;
 pub mod secrets;
 pub mod store;
 pub mod tenant;
+pub mod trace;
+pub mod workflow;
 
 pub use error::{Error, ErrorClass, ErrorCode, Result};

@@ -4,6 +4,7 @@
 mod check;
 mod db;
 mod secrets;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,7 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Secrets(args) => secrets::run(global, args, reporter).await,
         Command::Run(_) => not_yet("run", "the workflow executor"),
         Command::Replay(_) => not_yet("replay", "transcripts and deterministic replay"),
-        Command::Trace(_) => not_yet("trace show", "persisted traces"),
+        Command::Trace(cmd) => trace::run(global, cmd, reporter).await,
         Command::Suite(_) => not_yet("suite", "the test harness"),
         Command::Gate(_) => not_yet("gate", "the gate harness"),
         Command::Keys(_) => not_yet("keys generate", "signed gate evidence"),

@@ -34,6 +34,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::tenant::TenantContext;
 
 pub use errors::is_unique_violation;
+pub(crate) use errors::map as map_error;
 pub use migrate::{MigrationState, MigrationSummary, migrator};
 pub use records::{AuditEvent, AuditRecord, SecurityEvent, SecurityRecord, StateVersion, TenantRecord};
 pub use url::{Backend, DEFAULT_DATABASE_URL, DatabaseUrl};
@@ -195,10 +196,10 @@ impl Store {
 /// A transaction bound to one tenant. Dropping it without [`TenantTx::commit`]
 /// rolls back.
 pub struct TenantTx {
-    inner: TxInner,
+    pub(crate) inner: TxInner,
 }
 
-enum TxInner {
+pub(crate) enum TxInner {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }

@@ -1,0 +1,470 @@
+//! The safety executor: the one path every tool call takes.
+//!
+//! In order, for each call ([`Executor::call`]):
+//!
+//! 1. the run must still be live, and the call within `max_tool_calls` and
+//!    the wall time (bounds, INV-03);
+//! 2. the tool must be registered at that version (`TOOL_UNKNOWN`);
+//! 3. the input must satisfy the tool's input schema (`SCHEMA_INVALID`,
+//!    INV-01), before anything runs;
+//! 4. a scope must allow principal, tenant, tool and action
+//!    (`PERMISSION_DENIED`, INV-02);
+//! 5. the call must not make the run a loop (`LOOP_DETECTED`);
+//! 6. the tool runs on its own task under `min(tool timeout, time left)`; on
+//!    timeout the task is aborted, so the call is really cancelled; a panic
+//!    is caught and reported as `TOOL_FAILED`;
+//! 7. the output must satisfy the output schema (`OUTPUT_SCHEMA_INVALID`);
+//! 8. tokens count against `max_tokens`, the cost is priced from the
+//!    contract;
+//! 9. a trace record (redacted input and output, decision, duration, cost)
+//!    is persisted. If it cannot be, the run ends with `trace_write_failed`
+//!    and the output is withheld: nothing acts unobserved (INV-04).
+//!
+//! Every refusal is traced and counted. A refusal of 1, 5 or 9 ends the run;
+//! the others fail only the call, and the caller (a workflow, an agent loop)
+//! decides what follows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::bounds::{Bounds, BoundsEnforcer, LoopDetector, LoopPolicy, Termination, Usage};
+use crate::clock::Clock;
+use crate::contract::{ToolContract, ToolRegistry};
+use crate::error::{Error, ErrorCode, Result};
+use crate::permission::{Decision, EXECUTE, PermissionEnforcer};
+use crate::redaction::RedactionPolicy;
+use crate::tenant::TenantContext;
+use crate::trace::{Cost, RecordKind, TraceRecord, TraceSink, TracedError};
+
+/// What a tool returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    pub value: Value,
+    /// Model tokens the call used (0 for plain API calls).
+    pub tokens: u64,
+    /// Requests sent to external providers.
+    pub provider_calls: u64,
+}
+
+impl ToolOutput {
+    pub fn new(value: Value) -> Self {
+        ToolOutput { value, tokens: 0, provider_calls: 0 }
+    }
+}
+
+/// What a tool knows of the call it serves.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub ctx: TenantContext,
+    pub run_id: String,
+    pub seq: u64,
+    pub tool: String,
+}
+
+/// An implementation of a tool. The executor owns every check; a tool only
+/// does its work.
+#[async_trait::async_trait]
+pub trait Tool: Send + Sync {
+    async fn call(&self, call: CallContext, input: Value) -> Result<ToolOutput>;
+}
+
+/// Counters the executor keeps (exported as metrics by `autobiz serve`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub tool_invocation_total: AtomicU64,
+    pub schema_reject_total: AtomicU64,
+    pub output_schema_reject_total: AtomicU64,
+    pub permission_check_pass_total: AtomicU64,
+    pub permission_check_deny_total: AtomicU64,
+    pub tool_unknown_total: AtomicU64,
+    pub loop_detection_total: AtomicU64,
+    pub bound_termination_total: AtomicU64,
+    pub tool_timeout_total: AtomicU64,
+    pub tool_failure_total: AtomicU64,
+    pub trace_write_failure_total: AtomicU64,
+    pub redaction_alert_total: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Name and value of every counter, for exporting.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BTreeMap::from([
+            ("tool_invocation_total", get(&self.tool_invocation_total)),
+            ("schema_reject_total", get(&self.schema_reject_total)),
+            ("output_schema_reject_total", get(&self.output_schema_reject_total)),
+            ("permission_check_pass_total", get(&self.permission_check_pass_total)),
+            ("permission_check_deny_total", get(&self.permission_check_deny_total)),
+            ("tool_unknown_total", get(&self.tool_unknown_total)),
+            ("loop_detection_total", get(&self.loop_detection_total)),
+            ("bound_termination_total", get(&self.bound_termination_total)),
+            ("tool_timeout_total", get(&self.tool_timeout_total)),
+            ("tool_failure_total", get(&self.tool_failure_total)),
+            ("trace_write_failure_total", get(&self.trace_write_failure_total)),
+            ("redaction_alert_total", get(&self.redaction_alert_total)),
+        ])
+    }
+}
+
+/// Everything a run needs, assembled once (from a compiled business config).
+pub struct Executor {
+    registry: ToolRegistry,
+    tools: BTreeMap<(String, String), Arc<dyn Tool>>,
+    permissions: PermissionEnforcer,
+    loop_policy: LoopPolicy,
+    redaction: RedactionPolicy,
+    trace: Arc<dyn TraceSink>,
+    clock: Arc<dyn Clock>,
+    counters: Counters,
+}
+
+/// One run in progress. Created by [`Executor::start`].
+#[derive(Debug)]
+pub struct Run {
+    id: String,
+    ctx: TenantContext,
+    bounds: BoundsEnforcer,
+    loops: LoopDetector,
+    seq: u64,
+    cost: Cost,
+    ended: Option<Termination>,
+}
+
+impl Run {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn context(&self) -> &TenantContext {
+        &self.ctx
+    }
+
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.bounds.usage()
+    }
+
+    /// Why the run ended, once it has.
+    pub fn termination(&self) -> Option<Termination> {
+        self.ended
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+impl Executor {
+    pub fn new(
+        registry: ToolRegistry,
+        permissions: PermissionEnforcer,
+        loop_policy: LoopPolicy,
+        redaction: RedactionPolicy,
+        trace: Arc<dyn TraceSink>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Executor {
+            registry,
+            tools: BTreeMap::new(),
+            permissions,
+            loop_policy,
+            redaction,
+            trace,
+            clock,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Provide the implementation of a registered tool.
+    pub fn bind(&mut self, name: &str, version: &str, tool: Arc<dyn Tool>) -> Result<()> {
+        self.registry.lookup(name, version)?;
+        self.tools.insert((name.to_owned(), version.to_owned()), tool);
+        Ok(())
+    }
+
+    pub fn registry(&self) -> &ToolRegistry {
+        &self.registry
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Start a run under `ctx` (its principal is the one permissions check).
+    /// The run-start record must be written, or there is no run.
+    pub async fn start(&self, ctx: &TenantContext, run_id: &str, bounds: Bounds, pins: Value) -> Result<Run> {
+        let mut run = Run {
+            id: run_id.to_owned(),
+            ctx: ctx.clone(),
+            bounds: BoundsEnforcer::new(bounds),
+            loops: LoopDetector::new(self.loop_policy.clone()),
+            seq: 0,
+            cost: Cost::default(),
+            ended: None,
+        };
+        let mut rec = self.record(&mut run, RecordKind::RunStart);
+        rec.detail = Some(serde_json::json!({ "principal": ctx.principal().as_str(), "bounds": bounds, "pins": pins }));
+        self.write(&mut run, rec).await?;
+        Ok(run)
+    }
+
+    /// Count a step of the run (a workflow step, an agent turn).
+    pub async fn begin_step(&self, run: &mut Run) -> Result<()> {
+        self.ensure_live(run)?;
+        if let Err(t) = run.bounds.begin_step() {
+            return Err(self.end_on_bound(run, t, None).await);
+        }
+        Ok(())
+    }
+
+    /// One tool call through every check. See the module docs for the order.
+    pub async fn call(&self, run: &mut Run, tool: &str, version: &str, input: Value) -> Result<Value> {
+        self.ensure_live(run)?;
+        if let Err(t) = run.bounds.begin_tool_call() {
+            return Err(self.end_on_bound(run, t, Some(format!("{tool}@{version}"))).await);
+        }
+        let contract = match self.registry.lookup(tool, version) {
+            Ok(c) => c,
+            Err(e) => {
+                Counters::bump(&self.counters.tool_unknown_total);
+                return Err(self.reject(run, &format!("{tool}@{version}"), &input, None, e).await);
+            }
+        };
+        let violations = contract.input.violations(&input);
+        if let Some(first) = violations.first() {
+            Counters::bump(&self.counters.schema_reject_total);
+            let at = if first.path.is_empty() { "the input".to_owned() } else { first.path.clone() };
+            let e = Error::new(
+                ErrorCode::SchemaInvalid,
+                format!(
+                    "{} input rejected at {at}: {} ({} problem(s))",
+                    contract.id(),
+                    first.message,
+                    violations.len()
+                ),
+            );
+            return Err(self.reject(run, &contract.id(), &input, None, e).await);
+        }
+        let decision = self.permissions.check(run.ctx.principal().as_str(), run.ctx.tenant().as_str(), tool, EXECUTE);
+        if !decision.allowed {
+            Counters::bump(&self.counters.permission_check_deny_total);
+            let e = decision.clone().into_result().expect_err("a denial");
+            return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await);
+        }
+        Counters::bump(&self.counters.permission_check_pass_total);
+        if let Some(kind) = run.loops.observe(tool, args_hash(&input)) {
+            Counters::bump(&self.counters.loop_detection_total);
+            let mut rec = self.record(run, RecordKind::LoopDetected);
+            rec.tool = Some(contract.id());
+            rec.detail = serde_json::to_value(&kind).ok();
+            rec.error = Some(TracedError {
+                code: ErrorCode::LoopDetected.as_str().to_owned(),
+                message: format!("{} repeats: {kind:?}", contract.id()),
+            });
+            self.write(run, rec).await?;
+            self.end(run, Termination::LoopDetected).await?;
+            return Err(Error::new(
+                ErrorCode::LoopDetected,
+                format!("run {} ended: {} repeats itself", run.id, contract.id()),
+            ));
+        }
+        self.execute(run, contract, input, decision).await
+    }
+
+    async fn execute(&self, run: &mut Run, contract: &ToolContract, input: Value, decision: Decision) -> Result<Value> {
+        let Some(tool) = self.tools.get(&(contract.name.clone(), contract.version.clone())).cloned() else {
+            let e = Error::new(
+                ErrorCode::ToolUnknown,
+                format!("tool {} is declared but has no implementation", contract.id()),
+            );
+            return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await);
+        };
+        Counters::bump(&self.counters.tool_invocation_total);
+        let seq = run.next_seq();
+        let call = CallContext { ctx: run.ctx.clone(), run_id: run.id.clone(), seq, tool: contract.id() };
+        let remaining = run.bounds.remaining();
+        let limit = contract.timeout.min(remaining);
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn({
+            let input = input.clone();
+            async move { tool.call(call, input).await }
+        });
+        let abort = task.abort_handle();
+        let outcome = tokio::time::timeout(limit, task).await;
+        let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let result = match outcome {
+            Ok(Ok(Ok(out))) => Ok(out),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(join)) => Err(Error::new(
+                ErrorCode::ToolFailed,
+                format!("{} {}", contract.id(), if join.is_panic() { "panicked" } else { "was cancelled" }),
+            )),
+            Err(_) => {
+                abort.abort();
+                Err(Error::new(
+                    ErrorCode::ToolTimeout,
+                    format!("{} did not answer within {} ms and was cancelled", contract.id(), limit.as_millis()),
+                ))
+            }
+        };
+        let mut rec = self.record_at(run, RecordKind::ToolCall, seq);
+        rec.tool = Some(contract.id());
+        rec.input = Some(self.redact(&input, &mut rec));
+        rec.decision = Some(decision);
+        rec.duration_us = duration_us;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                let ran_out_of_time =
+                    e.code() == ErrorCode::ToolTimeout && limit == remaining && limit < contract.timeout;
+                Counters::bump(if e.code() == ErrorCode::ToolTimeout {
+                    &self.counters.tool_timeout_total
+                } else {
+                    &self.counters.tool_failure_total
+                });
+                rec.error = Some(TracedError::from(&e));
+                self.write(run, rec).await?;
+                if ran_out_of_time {
+                    return Err(self.end_on_bound(run, Termination::MaxWallTime, Some(contract.id())).await);
+                }
+                return Err(e);
+            }
+        };
+        let cost =
+            Cost { tokens: out.tokens, provider_calls: out.provider_calls, micro_usd: contract.price.cost(out.tokens) };
+        rec.cost = cost;
+        run.cost.add(cost);
+        let violations = contract.output.violations(&out.value);
+        let output_error = violations.first().map(|first| {
+            Counters::bump(&self.counters.output_schema_reject_total);
+            Error::new(
+                ErrorCode::OutputSchemaInvalid,
+                format!("{} output rejected at {}: {}", contract.id(), first.path, first.message),
+            )
+        });
+        rec.output = Some(self.redact(&out.value, &mut rec));
+        if let Some(e) = &output_error {
+            rec.error = Some(TracedError::from(e));
+        }
+        self.write(run, rec).await?;
+        if let Some(e) = output_error {
+            return Err(e);
+        }
+        if let Err(t) = run.bounds.add_tokens(out.tokens) {
+            return Err(self.end_on_bound(run, t, Some(contract.id())).await);
+        }
+        Ok(out.value)
+    }
+
+    /// End the run normally (or with the caller's reason).
+    pub async fn finish(&self, run: &mut Run, termination: Termination) -> Result<()> {
+        self.ensure_live(run)?;
+        self.end(run, termination).await
+    }
+
+    fn ensure_live(&self, run: &Run) -> Result<()> {
+        match run.ended {
+            None => Ok(()),
+            Some(t) => Err(Error::new(ErrorCode::RunTerminated, format!("run {} has ended ({t})", run.id))),
+        }
+    }
+
+    fn record(&self, run: &mut Run, kind: RecordKind) -> TraceRecord {
+        let seq = run.next_seq();
+        self.record_at(run, kind, seq)
+    }
+
+    fn record_at(&self, run: &Run, kind: RecordKind, seq: u64) -> TraceRecord {
+        TraceRecord::new(&run.ctx, &run.id, seq, kind, self.clock.now())
+    }
+
+    /// Redact a payload for the trace; scanner hits raise an alert record.
+    fn redact(&self, value: &Value, rec: &mut TraceRecord) -> Value {
+        let redacted = self.redaction.redact(value);
+        let alerts = redacted.alerts();
+        if !alerts.is_empty() {
+            self.counters.redaction_alert_total.fetch_add(alerts.len() as u64, Ordering::Relaxed);
+            let detail = rec.detail.get_or_insert_with(|| serde_json::json!({}));
+            if let Some(map) = detail.as_object_mut() {
+                let list = map.entry("redaction_alerts").or_insert_with(|| Value::Array(Vec::new()));
+                if let Some(items) = list.as_array_mut() {
+                    items.extend(alerts.iter().filter_map(|a| serde_json::to_value(a).ok()));
+                }
+            }
+        }
+        redacted.value
+    }
+
+    /// Persist a record; failure ends the run (fail closed).
+    async fn write(&self, run: &mut Run, rec: TraceRecord) -> Result<()> {
+        match self.trace.append(&run.ctx, &rec).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                Counters::bump(&self.counters.trace_write_failure_total);
+                run.ended = Some(Termination::TraceWriteFailed);
+                tracing::error!(run_id = %run.id, code = %e.code(), "trace write failed; run stopped");
+                Err(Error::new(
+                    ErrorCode::TraceWriteFailed,
+                    format!("run {} stopped: its trace could not be written ({})", run.id, e.message()),
+                ))
+            }
+        }
+    }
+
+    /// Trace a refused call and return its error (the run goes on).
+    async fn reject(&self, run: &mut Run, tool: &str, input: &Value, decision: Option<Decision>, e: Error) -> Error {
+        let mut rec = self.record(run, RecordKind::Rejection);
+        rec.tool = Some(tool.to_owned());
+        rec.input = Some(self.redact(input, &mut rec));
+        rec.decision = decision;
+        rec.error = Some(TracedError::from(&e));
+        match self.write(run, rec).await {
+            Ok(()) => e,
+            Err(trace_error) => trace_error,
+        }
+    }
+
+    /// End the run because a bound was hit; returns `BOUND_EXCEEDED`.
+    async fn end_on_bound(&self, run: &mut Run, t: Termination, tool: Option<String>) -> Error {
+        Counters::bump(&self.counters.bound_termination_total);
+        let e = Error::new(ErrorCode::BoundExceeded, format!("run {} ended: {t} reached", run.id));
+        let mut rec = self.record(run, RecordKind::Rejection);
+        rec.tool = tool;
+        rec.error = Some(TracedError::from(&e));
+        if let Err(trace_error) = self.write(run, rec).await {
+            return trace_error;
+        }
+        match self.end(run, t).await {
+            Ok(()) => e,
+            Err(trace_error) => trace_error,
+        }
+    }
+
+    async fn end(&self, run: &mut Run, t: Termination) -> Result<()> {
+        let mut rec = self.record(run, RecordKind::RunEnd);
+        rec.termination = Some(t);
+        rec.cost = run.cost;
+        rec.detail = serde_json::to_value(run.bounds.usage()).ok();
+        run.ended = Some(t);
+        self.write(run, rec).await
+    }
+}
+
+/// SHA-256 of the RFC 8785 canonical form of a tool's arguments: equal
+/// arguments hash equal whatever their key order.
+pub fn args_hash(input: &Value) -> [u8; 32] {
+    let canonical = serde_json_canonicalizer::to_vec(input).unwrap_or_default();
+    Sha256::digest(canonical).into()
+}

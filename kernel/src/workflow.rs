@@ -1,0 +1,262 @@
+//! The workflow executor: declared steps and branches, each step through the
+//! [`Executor`] so that every check applies to every step.
+//!
+//! A workflow is a list of steps. Each step names a tool and an input
+//! template; strings of the form `$.event.order_id` or `$.fetch.total` in the
+//! template are replaced by the value at that path of the triggering event or
+//! of an earlier step's output. After a step the run goes to its `next` step
+//! (or the following one; `"end"` ends the run), and after a failed step to
+//! its `on_error` step if it has one. Otherwise a failure ends the run with a
+//! termination reason matching the error. `max_steps` bounds every cycle.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::bounds::{Bounds, Termination};
+use crate::error::{Error, ErrorCode, Result};
+use crate::executor::{Executor, Run};
+use crate::tenant::TenantContext;
+use crate::trace::Cost;
+
+/// The step id that ends a run when used as `next` or `on_error`.
+pub const END: &str = "end";
+
+/// One declared step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub id: String,
+    pub tool: String,
+    pub version: String,
+    pub input: Value,
+    pub next: Option<String>,
+    pub on_error: Option<String>,
+}
+
+/// A declared workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    pub id: String,
+    pub name: String,
+    pub steps: Vec<Step>,
+}
+
+/// How a workflow run ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Outcome {
+    pub run_id: String,
+    pub termination: Termination,
+    /// The error that ended the run, if one did.
+    pub error: Option<String>,
+    /// Output of every step that succeeded, by step id.
+    pub outputs: BTreeMap<String, Value>,
+    /// Step ids in the order they ran.
+    pub path: Vec<String>,
+    pub cost: Cost,
+}
+
+impl Workflow {
+    /// Check the step graph: unique ids, `next`/`on_error` naming steps.
+    pub fn validate(&self) -> Result<()> {
+        let mut seen = BTreeMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            if s.id == END || seen.insert(s.id.as_str(), i).is_some() {
+                return Err(Error::new(
+                    ErrorCode::ConfigInvalid,
+                    format!("workflow {}: step id {:?} is reserved or repeated", self.id, s.id),
+                ));
+            }
+        }
+        for s in &self.steps {
+            for target in [&s.next, &s.on_error].into_iter().flatten() {
+                if target != END && !seen.contains_key(target.as_str()) {
+                    return Err(Error::new(
+                        ErrorCode::ConfigInvalid,
+                        format!("workflow {}: step {} goes to unknown step {target:?}", self.id, s.id),
+                    ));
+                }
+            }
+        }
+        if self.steps.is_empty() {
+            return Err(Error::new(ErrorCode::ConfigInvalid, format!("workflow {} has no steps", self.id)));
+        }
+        Ok(())
+    }
+
+    /// Run the workflow for `event` under `ctx`.
+    pub async fn run(
+        &self,
+        exec: &Executor,
+        ctx: &TenantContext,
+        run_id: &str,
+        bounds: Bounds,
+        event: Value,
+        pins: Value,
+    ) -> Result<Outcome> {
+        self.validate()?;
+        let mut run = exec.start(ctx, run_id, bounds, pins).await?;
+        let mut scope = Map::new();
+        scope.insert("event".to_owned(), event);
+        let mut outcome = Outcome {
+            run_id: run_id.to_owned(),
+            termination: Termination::Completed,
+            error: None,
+            outputs: BTreeMap::new(),
+            path: Vec::new(),
+            cost: Cost::default(),
+        };
+        let index: BTreeMap<&str, usize> = self.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+        let mut at = Some(0usize);
+        while let Some(i) = at {
+            let step = &self.steps[i];
+            if let Err(e) = exec.begin_step(&mut run).await {
+                return Ok(self.stop(exec, &mut run, outcome, e).await);
+            }
+            outcome.path.push(step.id.clone());
+            let result = match resolve(&step.input, &scope) {
+                Ok(input) => exec.call(&mut run, &step.tool, &step.version, input).await,
+                Err(missing) => Err(Error::new(
+                    ErrorCode::SchemaInvalid,
+                    format!("workflow {} step {}: {missing} does not resolve", self.id, step.id),
+                )),
+            };
+            let goto = match result {
+                Ok(out) => {
+                    scope.insert(step.id.clone(), out.clone());
+                    outcome.outputs.insert(step.id.clone(), out);
+                    step.next.as_deref()
+                }
+                Err(e) if run.termination().is_some() => return Ok(self.stop(exec, &mut run, outcome, e).await),
+                Err(e) => match step.on_error.as_deref() {
+                    Some(target) => {
+                        outcome.error = Some(format!("{}: {}", e.code(), e.message()));
+                        Some(target)
+                    }
+                    None => return Ok(self.stop(exec, &mut run, outcome, e).await),
+                },
+            };
+            at = match goto {
+                Some(END) => None,
+                Some(target) => index.get(target).copied(),
+                None if i + 1 < self.steps.len() => Some(i + 1),
+                None => None,
+            };
+        }
+        exec.finish(&mut run, Termination::Completed).await?;
+        outcome.cost = run.cost();
+        Ok(outcome)
+    }
+
+    /// End the run after `e`: keep a termination the executor already set,
+    /// otherwise end it with the reason matching the error.
+    async fn stop(&self, exec: &Executor, run: &mut Run, mut outcome: Outcome, e: Error) -> Outcome {
+        let termination = match run.termination() {
+            Some(t) => t,
+            None => {
+                let t = termination_for(e.code());
+                // If even the run-end record cannot be written the run is
+                // already ended as trace_write_failed.
+                let _ = exec.finish(run, t).await;
+                run.termination().unwrap_or(t)
+            }
+        };
+        outcome.termination = termination;
+        outcome.error = Some(format!("{}: {}", e.code(), e.message()));
+        outcome.cost = run.cost();
+        outcome
+    }
+}
+
+/// The termination reason for a step failure that did not end the run itself.
+pub fn termination_for(code: ErrorCode) -> Termination {
+    match code {
+        ErrorCode::SchemaInvalid => Termination::SchemaInvalid,
+        ErrorCode::OutputSchemaInvalid => Termination::OutputSchemaInvalid,
+        ErrorCode::PermissionDenied => Termination::PermissionDenied,
+        ErrorCode::ToolUnknown => Termination::ToolUnknown,
+        ErrorCode::ToolTimeout => Termination::ToolTimeout,
+        ErrorCode::TraceWriteFailed => Termination::TraceWriteFailed,
+        ErrorCode::LoopDetected => Termination::LoopDetected,
+        _ => Termination::ToolFailed,
+    }
+}
+
+/// Replace every `$.path` string in `template` by the value it names in
+/// `scope`; `Err(path)` for the first that names nothing.
+pub fn resolve(template: &Value, scope: &Map<String, Value>) -> std::result::Result<Value, String> {
+    match template {
+        Value::String(s) if s.starts_with("$.") => {
+            let mut parts = s[2..].split('.');
+            let mut current = parts.next().and_then(|root| scope.get(root)).ok_or_else(|| s.clone())?;
+            for part in parts {
+                current = match current {
+                    Value::Object(m) => m.get(part),
+                    Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    _ => None,
+                }
+                .ok_or_else(|| s.clone())?;
+            }
+            Ok(current.clone())
+        }
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                out.insert(k.clone(), resolve(v, scope)?);
+            }
+            Ok(Value::Object(out))
+        }
+        Value::Array(items) => {
+            items.iter().map(|v| resolve(v, scope)).collect::<std::result::Result<Vec<_>, _>>().map(Value::Array)
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn references_resolve_into_events_and_earlier_outputs() {
+        let mut scope = Map::new();
+        scope.insert("event".into(), json!({"order_id": "1001", "items": [{"sku": "A"}]}));
+        scope.insert("fetch".into(), json!({"total": 4200}));
+        let t = json!({"order": "$.event.order_id", "amount": "$.fetch.total", "sku": "$.event.items.0.sku", "tags": ["$.event.order_id", "x"], "n": 3, "literal": "not $.a ref"});
+        assert_eq!(
+            resolve(&t, &scope).unwrap(),
+            json!({"order": "1001", "amount": 4200, "sku": "A", "tags": ["1001", "x"], "n": 3, "literal": "not $.a ref"})
+        );
+        assert_eq!(resolve(&json!({"x": "$.event.missing"}), &scope), Err("$.event.missing".to_owned()));
+        assert_eq!(resolve(&json!("$.nope"), &scope), Err("$.nope".to_owned()));
+    }
+
+    fn step(id: &str, next: Option<&str>, on_error: Option<&str>) -> Step {
+        Step {
+            id: id.into(),
+            tool: "t".into(),
+            version: "1".into(),
+            input: json!({}),
+            next: next.map(Into::into),
+            on_error: on_error.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn step_graph_is_validated() {
+        let ok = Workflow {
+            id: "WF01".into(),
+            name: "n".into(),
+            steps: vec![step("a", Some("b"), Some("end")), step("b", None, None)],
+        };
+        assert!(ok.validate().is_ok());
+        let bad = Workflow { id: "WF01".into(), name: "n".into(), steps: vec![step("a", Some("zz"), None)] };
+        assert_eq!(bad.validate().unwrap_err().code(), ErrorCode::ConfigInvalid);
+        let dup =
+            Workflow { id: "WF01".into(), name: "n".into(), steps: vec![step("a", None, None), step("a", None, None)] };
+        assert!(dup.validate().is_err());
+        let empty = Workflow { id: "WF01".into(), name: "n".into(), steps: vec![] };
+        assert!(empty.validate().is_err());
+    }
+}
