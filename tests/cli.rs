@@ -75,7 +75,6 @@ fn commands_of_later_releases_say_so_and_exit_2() {
     for args in [
         vec!["run", "WF01", "--event", "e.json"],
         vec!["replay", "t.jsonl"],
-        vec!["trace", "show", "run_1"],
         vec!["suite", "unit"],
         vec!["gate", "--runs", "3"],
         vec!["keys", "generate", "--out", "k"],
@@ -368,4 +367,41 @@ async fn postgres_migrate_as_owner_then_run_as_the_kernel_role() {
         .write_stdin("v")
         .assert()
         .success();
+}
+
+/// Write a small trace for tenant acme into the SQLite store of `dir`.
+async fn seed_trace(dir: &Path) {
+    use autobiz_kernel::bounds::Termination;
+    use autobiz_kernel::store::Store;
+    use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
+    use autobiz_kernel::trace::{Cost, RecordKind, TraceRecord};
+    let url = format!("sqlite://{}", dir.join(".autobiz/autobiz.db").display());
+    let store = Store::open(&url.parse().unwrap()).await.unwrap();
+    let ctx = TenantContext::new("acme".parse().unwrap(), Principal::new("agent:a"), CorrelationId::new("corr-7"));
+    let now = chrono::Utc::now();
+    let mut call = TraceRecord::new(&ctx, "run-7", 2, RecordKind::ToolCall, now);
+    call.tool = Some("shopify.order.get@1".into());
+    call.cost = Cost { tokens: 0, provider_calls: 1, micro_usd: 250 };
+    let mut end = TraceRecord::new(&ctx, "run-7", 3, RecordKind::RunEnd, now);
+    end.termination = Some(Termination::Completed);
+    for r in [TraceRecord::new(&ctx, "run-7", 1, RecordKind::RunStart, now), call, end] {
+        store.append_trace(&ctx, &r).await.unwrap();
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn p1_t09_trace_show_prints_a_runs_trace_for_its_tenant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_trace(dir.path()).await;
+    autobiz(dir.path())
+        .args(["--tenant", "acme", "trace", "show", "run-7"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ended: completed").and(predicate::str::contains("shopify.order.get@1")).and(predicate::str::contains("0.000250")));
+    let out = autobiz(dir.path()).args(["--tenant", "acme", "--format", "json", "trace", "show", "run-7"]).assert().success().get_output().stdout.clone();
+    assert_eq!(json_of(&out).as_array().unwrap().len(), 3);
+    // Another tenant cannot see it: the run does not exist for them.
+    autobiz(dir.path()).args(["--tenant", "globex", "trace", "show", "run-7"]).assert().code(2).stderr(predicate::str::contains("RUN_NOT_FOUND"));
+    autobiz(dir.path()).args(["trace", "show", "run-7"]).assert().code(2).stderr(predicate::str::contains("TENANT_REQUIRED"));
 }
