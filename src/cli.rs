@@ -77,7 +77,7 @@ pub enum Command {
     /// Create, upgrade, inspect or downgrade the store.
     #[command(subcommand)]
     Db(DbCommand),
-    /// Compile the business config: schema checks, then the config hash.
+    /// Compile the business config: schema, compile checks CC-01..CC-04 (with fixes), the config hash.
     Check,
     /// Run one workflow through the kernel and write a transcript.
     Run(PendingArgs),

@@ -168,6 +168,140 @@ fn check_reports_schema_problems_with_line_and_exits_1() {
     );
 }
 
+/// The shipped example with `from` replaced by `to` (once), written to
+/// `dir/autobiz.toml`; returns the text.
+fn example_with(dir: &Path, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    assert!(text.contains(from), "the example lacks {from:?}");
+    let text = text.replacen(from, to, 1);
+    std::fs::write(dir.join("autobiz.toml"), &text).unwrap();
+    text
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}")) + 1
+}
+
+#[test]
+fn p1_t_cc01_check_names_the_undeclared_tool_with_line_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = example_with(dir.path(), "tool = \"printful.order.confirm\"", "tool = \"printful.order.confrim\"");
+    let line = line_of(&text, "printful.order.confrim");
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(
+        predicate::str::contains(format!(
+            "error[CC-01] autobiz.toml:{line}: /workflows/0/steps/4/tool: step \"confirm_fulfilment\" of WF01: tool \"printful.order.confrim\" names no declared tool\n    fix: did you mean \"printful.order.confirm\"?\n"
+        ))
+        .and(predicate::str::contains("autobiz.toml: 1 problem(s)")),
+    );
+    let out = autobiz(dir.path()).args(["--format", "json", "check"]).assert().code(1).get_output().stdout.clone();
+    let v = json_of(&out);
+    assert_eq!(v["ok"], false);
+    let d = &v["report"]["diagnostics"][0];
+    assert_eq!(d["code"], "CC-01");
+    assert_eq!(d["line"], line);
+    assert_eq!(d["fix"], "did you mean \"printful.order.confirm\"?");
+}
+
+#[test]
+fn p1_t29_p1_t_cc02_check_refuses_a_workflow_that_loosens_the_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = example_with(
+        dir.path(),
+        "trigger = \"schedule:daily\"\nprincipal = \"job:closeout\"\n",
+        "trigger = \"schedule:daily\"\nprincipal = \"job:closeout\"\nbounds = { max_steps = 400, max_wall_time_ms = 1000, max_tokens = 1, max_tool_calls = 2 }\n",
+    );
+    let line = line_of(&text, "max_steps = 400");
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains(format!(
+        "error[CC-02] autobiz.toml:{line}: /workflows/6/bounds/max_steps: WF07: bounds.max_steps = 400 is looser than the top-level bounds.max_steps = 40; a workflow may only tighten the bounds\n    fix: lower it to at most 40, or raise the top-level bounds.max_steps\n"
+    )));
+    example_with(dir.path(), "max_tokens = 20000", "max_tokens = 0");
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains("/bounds/max_tokens"));
+}
+
+#[test]
+fn p1_t30_p1_t_cc03_check_refuses_a_tool_the_principal_has_no_scope_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = example_with(
+        dir.path(),
+        "tools = [\"shopify.order.get\", \"printful.order.get\", \"sendgrid.mail.send\"]",
+        "tools = [\"shopify.order.get\", \"printful.order.get\"]",
+    );
+    let line = line_of(&text, "id = \"closeout_report\"");
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains(format!(
+        "error[CC-03] autobiz.toml:{line}: /workflows/6/steps/1/tool: WF07: step \"closeout_report\" calls \"sendgrid.mail.send\", which no scope allows for principal \"job:closeout\"\n    fix: add \"sendgrid.mail.send\" to the tools of a [[scopes]] entry for principal \"job:closeout\"\n"
+    )));
+}
+
+#[test]
+fn p1_t41_p1_t_cc04_check_refuses_auto_approve_on_a_financial_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = example_with(
+        dir.path(),
+        "tool = \"stripe.refund.create\"\nwhen = \"amount > 5000\"\n",
+        "tool = \"stripe.refund.create\"\nwhen = \"amount > 5000\"\npolicy = \"AUTO_APPROVE\"\n",
+    );
+    let line = line_of(&text, "policy = \"AUTO_APPROVE\"");
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains(format!(
+        "error[CC-04] autobiz.toml:{line}: /hitl/0/policy: HITL rule for FINANCIAL tool stripe.refund.create@1 has policy = \"AUTO_APPROVE\"; FINANCIAL calls always need a human\n    fix: remove the policy line (REQUIRE_APPROVAL is the default)\n"
+    )));
+}
+
+#[test]
+fn p1_t41_p1_t_cc04_check_refuses_a_financial_tool_without_hitl() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = example_with(
+        dir.path(),
+        "[[hitl]]\ntool = \"stripe.payment_intent.cancel\"\ntimeout_s = 3600\non_timeout = \"FAIL\"\napprovers = [\"ops-lead\"]\n",
+        "",
+    );
+    let side_effect_line = line_of(&text, "name = \"stripe.payment_intent.cancel\"") + 2;
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains(format!(
+        "error[CC-04] autobiz.toml:{side_effect_line}: /tools/5/side_effect: FINANCIAL tool \"stripe.payment_intent.cancel@1\" has no [[hitl]] rule"
+    )));
+}
+
+#[test]
+fn p1_t28_check_refuses_an_invalid_tool_schema_and_duplicate_declarations() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        example_with(dir.path(), "output_schema = { type = \"object\" }", "output_schema = { type = \"record\" }");
+    let line = line_of(&text, "\"record\"");
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains(format!(
+        "error[TOOL_SCHEMA_INVALID] autobiz.toml:{line}: /tools/0/output_schema/type: output_schema of tool \"shopify.order.get@1\" is not a valid JSON Schema"
+    )));
+    let text = example_with(dir.path(), "id = \"WF07\"", "id = \"WF06\"");
+    let line = line_of(&text, "name = \"DailyCloseoutJob\"") - 1;
+    autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains(format!(
+        "error[CONFIG_INVALID] autobiz.toml:{line}: /workflows/6/id: workflow id \"WF06\" is used twice (first at /workflows/5)"
+    )));
+}
+
+#[test]
+fn p1_t_cc_check_output_is_identical_across_runs_with_several_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(EXAMPLE)
+        .unwrap()
+        .replacen("tool = \"sendgrid.mail.send\"", "tool = \"sendgrid.mail.sned\"", 1)
+        .replacen("on_timeout = \"FAIL\"", "on_timeout = \"PROCEED\"", 1)
+        .replacen("\"stripe.refund.create\",\n", "", 1);
+    std::fs::write(dir.path().join("autobiz.toml"), text).unwrap();
+    let run = |format: &str| {
+        autobiz(dir.path()).args(["--format", format, "check"]).assert().code(1).get_output().stdout.clone()
+    };
+    let (a, b) = (run("human"), run("human"));
+    assert_eq!(a, b);
+    let v = json_of(&run("json"));
+    assert_eq!(v, json_of(&run("json")));
+    let diags = v["report"]["diagnostics"].as_array().unwrap();
+    let keys: Vec<(u64, String)> =
+        diags.iter().map(|d| (d["line"].as_u64().unwrap(), d["code"].as_str().unwrap().to_owned())).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    let codes: std::collections::BTreeSet<&str> = diags.iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert_eq!(codes.into_iter().collect::<Vec<_>>(), ["CC-01", "CC-03", "CC-04"], "{diags:#?}");
+}
+
 #[test]
 fn check_on_malformed_or_missing_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,14 +528,28 @@ async fn seed_trace(dir: &Path) {
 async fn p1_t09_trace_show_prints_a_runs_trace_for_its_tenant_only() {
     let dir = tempfile::tempdir().unwrap();
     seed_trace(dir.path()).await;
-    autobiz(dir.path())
-        .args(["--tenant", "acme", "trace", "show", "run-7"])
+    autobiz(dir.path()).args(["--tenant", "acme", "trace", "show", "run-7"]).assert().success().stdout(
+        predicate::str::contains("ended: completed")
+            .and(predicate::str::contains("shopify.order.get@1"))
+            .and(predicate::str::contains("0.000250")),
+    );
+    let out = autobiz(dir.path())
+        .args(["--tenant", "acme", "--format", "json", "trace", "show", "run-7"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("ended: completed").and(predicate::str::contains("shopify.order.get@1")).and(predicate::str::contains("0.000250")));
-    let out = autobiz(dir.path()).args(["--tenant", "acme", "--format", "json", "trace", "show", "run-7"]).assert().success().get_output().stdout.clone();
+        .get_output()
+        .stdout
+        .clone();
     assert_eq!(json_of(&out).as_array().unwrap().len(), 3);
     // Another tenant cannot see it: the run does not exist for them.
-    autobiz(dir.path()).args(["--tenant", "globex", "trace", "show", "run-7"]).assert().code(2).stderr(predicate::str::contains("RUN_NOT_FOUND"));
-    autobiz(dir.path()).args(["trace", "show", "run-7"]).assert().code(2).stderr(predicate::str::contains("TENANT_REQUIRED"));
+    autobiz(dir.path())
+        .args(["--tenant", "globex", "trace", "show", "run-7"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("RUN_NOT_FOUND"));
+    autobiz(dir.path())
+        .args(["trace", "show", "run-7"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("TENANT_REQUIRED"));
 }

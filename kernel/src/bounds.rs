@@ -39,6 +39,7 @@ pub enum Termination {
     SchemaInvalid,
     OutputSchemaInvalid,
     PermissionDenied,
+    ApprovalRequired,
     TraceWriteFailed,
 }
 
@@ -57,6 +58,7 @@ impl Termination {
             Termination::SchemaInvalid => "schema_invalid",
             Termination::OutputSchemaInvalid => "output_schema_invalid",
             Termination::PermissionDenied => "permission_denied",
+            Termination::ApprovalRequired => "approval_required",
             Termination::TraceWriteFailed => "trace_write_failed",
         }
     }

@@ -5,20 +5,28 @@
 //! so comments, whitespace and key order do not change it, and any change of
 //! meaning does. Runs, transcripts and gate evidence record it.
 //!
-//! Diagnostics are deterministic: the same file always yields the same
-//! diagnostics in the same order (by line, then path, then message), each
-//! with the TOML line it points at.
+//! [`BusinessConfig::check`] validates against the schema and, when that
+//! passed, reads the typed [`model::Model`] and runs the compile checks
+//! ([`compile`]: CC-01..CC-04, tool schemas, duplicates).
 //!
-//! The compile checks CC-01..CC-04 build on this module (see ARCHITECTURE.md).
+//! Diagnostics are deterministic: the same file always yields the same
+//! diagnostics in the same order (by line, then code, then path, then
+//! message), each with the TOML line it points at.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use toml::de::{DeTable, DeValue};
 
 use crate::error::{Error, ErrorCode, Result};
+
+pub mod compile;
+pub mod model;
+
+pub use model::Model;
 
 /// The JSON Schema of `autobiz.toml`, shipped for editors too.
 pub const SCHEMA: &str = include_str!("../schemas/autobiz.schema.json");
@@ -41,6 +49,8 @@ pub struct Diagnostic {
     /// 1-based line in the TOML file, when it can be located.
     pub line: Option<usize>,
     pub message: String,
+    /// A one-line suggestion, when there is an obvious one.
+    pub fix: Option<String>,
 }
 
 /// The verdict on a config.
@@ -95,29 +105,66 @@ impl BusinessConfig {
         format!("sha256:{}", hex::encode(Sha256::digest(canonical)))
     }
 
-    /// Validate against the schema. Never fails: problems are diagnostics.
+    /// The typed config. Meaningful once the schema check passed; before
+    /// that, `CONFIG_INVALID` with serde's reason when the value does not fit.
+    pub fn model(&self) -> Result<Model> {
+        Model::deserialize(&self.value).map_err(|e| {
+            Error::new(ErrorCode::ConfigInvalid, format!("{}: does not fit the config model: {e}", self.path.display()))
+        })
+    }
+
+    /// Validate against the schema, then (only if that passed) run the
+    /// compile checks. Never fails: problems are diagnostics.
     pub fn check(&self) -> CheckReport {
         let mut diagnostics: Vec<Diagnostic> = schema()
             .iter_errors(&self.value)
-            .map(|e| {
-                let path = e.instance_path().as_str().to_owned();
-                Diagnostic {
-                    code: ErrorCode::ConfigInvalid.as_str().to_owned(),
-                    line: self.line_of_pointer(&path),
-                    path,
-                    message: e.to_string(),
-                }
+            .map(|e| Diagnostic {
+                code: ErrorCode::ConfigInvalid.as_str().to_owned(),
+                path: e.instance_path().as_str().to_owned(),
+                line: None,
+                message: e.to_string(),
+                fix: None,
             })
             .collect();
-        diagnostics.sort_by(|a, b| (a.line, &a.path, &a.message).cmp(&(b.line, &b.path, &b.message)));
+        if diagnostics.is_empty() {
+            match self.model() {
+                Ok(model) => diagnostics = compile::compile(&model),
+                Err(e) => diagnostics.push(Diagnostic {
+                    code: ErrorCode::ConfigInvalid.as_str().to_owned(),
+                    path: String::new(),
+                    line: None,
+                    message: e.message().to_owned(),
+                    fix: None,
+                }),
+            }
+        }
+        let lines = Lines::new(&self.source);
+        for d in &mut diagnostics {
+            d.line = lines.of_pointer(&d.path);
+        }
+        diagnostics.sort_by(|a, b| {
+            (a.line, &a.code, &a.path, &a.message, &a.fix).cmp(&(b.line, &b.code, &b.path, &b.message, &b.fix))
+        });
         diagnostics.dedup();
         CheckReport { path: self.path.display().to_string(), config_hash: self.hash(), diagnostics }
+    }
+}
+
+/// Finds the TOML line of a JSON pointer; the file is parsed once.
+struct Lines<'a> {
+    source: &'a str,
+    root: Option<toml::Spanned<DeTable<'a>>>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(source: &'a str) -> Self {
+        Lines { source, root: DeTable::parse(source).ok() }
     }
 
     /// The line of the value a JSON pointer names, or of its nearest
     /// enclosing value that has a place in the file.
-    fn line_of_pointer(&self, pointer: &str) -> Option<usize> {
-        let root = DeTable::parse(&self.source).ok()?;
+    fn of_pointer(&self, pointer: &str) -> Option<usize> {
+        let root = self.root.as_ref()?;
         let mut span = root.span();
         let mut current: Option<&DeValue<'_>> = None;
         let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
@@ -138,7 +185,7 @@ impl BusinessConfig {
                 _ => None,
             };
         }
-        Some(line_of(&self.source, span.start))
+        Some(line_of(self.source, span.start))
     }
 }
 

@@ -26,6 +26,16 @@ pub enum SideEffect {
 }
 
 impl SideEffect {
+    /// The name as written in configs (`FINANCIAL`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SideEffect::Read => "READ",
+            SideEffect::Write => "WRITE",
+            SideEffect::Financial => "FINANCIAL",
+            SideEffect::Notify => "NOTIFY",
+        }
+    }
+
     /// Whether a call changes something outside the kernel.
     pub fn has_side_effect(self) -> bool {
         !matches!(self, SideEffect::Read)

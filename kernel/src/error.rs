@@ -59,6 +59,7 @@ pub enum ErrorCode {
     ToolFailed,
     TraceWriteFailed,
     RunTerminated,
+    ApprovalRequired,
 }
 
 impl ErrorCode {
@@ -95,6 +96,7 @@ impl ErrorCode {
             ErrorCode::ToolFailed => "TOOL_FAILED",
             ErrorCode::TraceWriteFailed => "TRACE_WRITE_FAILED",
             ErrorCode::RunTerminated => "RUN_TERMINATED",
+            ErrorCode::ApprovalRequired => "APPROVAL_REQUIRED",
         }
     }
 
@@ -103,9 +105,8 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             TenantForbidden | StateConflict | SecretVersionExpired | ToolUnknown | SchemaInvalid
-            | OutputSchemaInvalid | PermissionDenied | BoundExceeded | LoopDetected | RunTerminated => {
-                ErrorClass::Refused
-            }
+            | OutputSchemaInvalid | PermissionDenied | BoundExceeded | LoopDetected | RunTerminated
+            | ApprovalRequired => ErrorClass::Refused,
             InvalidInput | DatabaseUrlInvalid | StoreNotMigrated | StoreRoleUnsafe | MasterKeyMissing
             | MasterKeyInvalid | SecretNotFound | ConfigIo | ConfigParse | ConfigInvalid | ToolSchemaInvalid => {
                 ErrorClass::Input

@@ -10,17 +10,20 @@
 //! 4. a scope must allow principal, tenant, tool and action
 //!    (`PERMISSION_DENIED`, INV-02);
 //! 5. the call must not make the run a loop (`LOOP_DETECTED`);
-//! 6. the tool runs on its own task under `min(tool timeout, time left)`; on
+//! 6. a FINANCIAL tool must be approved by the [`ApprovalGate`]; an executor
+//!    without one refuses every FINANCIAL call (`APPROVAL_REQUIRED`, INV-07):
+//!    money never moves by default;
+//! 7. the tool runs on its own task under `min(tool timeout, time left)`; on
 //!    timeout the task is aborted, so the call is really cancelled; a panic
 //!    is caught and reported as `TOOL_FAILED`;
-//! 7. the output must satisfy the output schema (`OUTPUT_SCHEMA_INVALID`);
-//! 8. tokens count against `max_tokens`, the cost is priced from the
+//! 8. the output must satisfy the output schema (`OUTPUT_SCHEMA_INVALID`);
+//! 9. tokens count against `max_tokens`, the cost is priced from the
 //!    contract;
-//! 9. a trace record (redacted input and output, decision, duration, cost)
+//! 10. a trace record (redacted input and output, decision, duration, cost)
 //!    is persisted. If it cannot be, the run ends with `trace_write_failed`
 //!    and the output is withheld: nothing acts unobserved (INV-04).
 //!
-//! Every refusal is traced and counted. A refusal of 1, 5 or 9 ends the run;
+//! Every refusal is traced and counted. A refusal of 1, 5 or 10 ends the run;
 //! the others fail only the call, and the caller (a workflow, an agent loop)
 //! decides what follows.
 
@@ -33,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bounds::{Bounds, BoundsEnforcer, LoopDetector, LoopPolicy, Termination, Usage};
 use crate::clock::Clock;
-use crate::contract::{ToolContract, ToolRegistry};
+use crate::contract::{SideEffect, ToolContract, ToolRegistry};
 use crate::error::{Error, ErrorCode, Result};
 use crate::permission::{Decision, EXECUTE, PermissionEnforcer};
 use crate::redaction::RedactionPolicy;
@@ -72,6 +75,13 @@ pub trait Tool: Send + Sync {
     async fn call(&self, call: CallContext, input: Value) -> Result<ToolOutput>;
 }
 
+/// Decides whether a FINANCIAL call may go ahead (human approval, INV-07).
+/// `Ok` lets it run; an error refuses it and is traced as the refusal.
+#[async_trait::async_trait]
+pub trait ApprovalGate: Send + Sync {
+    async fn approve(&self, call: &CallContext, contract: &ToolContract, input: &Value) -> Result<()>;
+}
+
 /// Counters the executor keeps (exported as metrics by `autobiz serve`).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -87,6 +97,7 @@ pub struct Counters {
     pub tool_failure_total: AtomicU64,
     pub trace_write_failure_total: AtomicU64,
     pub redaction_alert_total: AtomicU64,
+    pub approval_refused_total: AtomicU64,
 }
 
 impl Counters {
@@ -110,6 +121,7 @@ impl Counters {
             ("tool_failure_total", get(&self.tool_failure_total)),
             ("trace_write_failure_total", get(&self.trace_write_failure_total)),
             ("redaction_alert_total", get(&self.redaction_alert_total)),
+            ("approval_refused_total", get(&self.approval_refused_total)),
         ])
     }
 }
@@ -123,6 +135,7 @@ pub struct Executor {
     redaction: RedactionPolicy,
     trace: Arc<dyn TraceSink>,
     clock: Arc<dyn Clock>,
+    approvals: Option<Arc<dyn ApprovalGate>>,
     counters: Counters,
 }
 
@@ -183,8 +196,16 @@ impl Executor {
             redaction,
             trace,
             clock,
+            approvals: None,
             counters: Counters::default(),
         }
+    }
+
+    /// Let FINANCIAL calls through when `gate` approves them. Without a
+    /// gate they are all refused.
+    pub fn with_approvals(mut self, gate: Arc<dyn ApprovalGate>) -> Self {
+        self.approvals = Some(gate);
+        self
     }
 
     /// Provide the implementation of a registered tool.
@@ -257,7 +278,8 @@ impl Executor {
             );
             return Err(self.reject(run, &contract.id(), &input, None, e).await);
         }
-        let decision = self.permissions.check(run.ctx.principal().as_str(), run.ctx.tenant().as_str(), tool, EXECUTE);
+        let decision =
+            self.permissions.check(run.ctx.principal().as_str(), run.ctx.tenant().as_str(), tool, version, EXECUTE);
         if !decision.allowed {
             Counters::bump(&self.counters.permission_check_deny_total);
             let e = decision.clone().into_result().expect_err("a denial");
@@ -291,9 +313,22 @@ impl Executor {
             );
             return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await);
         };
-        Counters::bump(&self.counters.tool_invocation_total);
         let seq = run.next_seq();
         let call = CallContext { ctx: run.ctx.clone(), run_id: run.id.clone(), seq, tool: contract.id() };
+        if contract.side_effect == SideEffect::Financial {
+            let verdict = match &self.approvals {
+                None => Err(Error::new(
+                    ErrorCode::ApprovalRequired,
+                    format!("{} moves money and this executor has no approval gate: refused", contract.id()),
+                )),
+                Some(gate) => gate.approve(&call, contract, &input).await,
+            };
+            if let Err(e) = verdict {
+                Counters::bump(&self.counters.approval_refused_total);
+                return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await);
+            }
+        }
+        Counters::bump(&self.counters.tool_invocation_total);
         let remaining = run.bounds.remaining();
         let limit = contract.timeout.min(remaining);
         let started = tokio::time::Instant::now();

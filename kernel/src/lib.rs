@@ -10,7 +10,8 @@
 //!   to every store and secrets call; [`tenant::EntityId`] carries its tenant.
 //! * [`secrets::SecretsProvider`]: per-tenant credentials, audited, with the
 //!   encrypted-file default [`secrets::FileSecrets`].
-//! * [`config::BusinessConfig`]: `autobiz.toml`, its schema and its hash.
+//! * [`config::BusinessConfig`]: `autobiz.toml`, its schema, its hash, and the
+//!   compile checks ([`config::compile`]) over the typed [`config::Model`].
 //! * [`executor::Executor`]: the one path every tool call takes: contract
 //!   lookup ([`contract::ToolRegistry`]), schema validation, permissions
 //!   ([`permission::PermissionEnforcer`]), bounds and loop detection

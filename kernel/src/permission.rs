@@ -19,7 +19,8 @@ pub enum Tenants {
     Only(Vec<String>),
 }
 
-/// One grant: `principal` may do `actions` with `tools` for `tenants`.
+/// One grant: `principal` may do `actions` with `tools` for `tenants`. A
+/// tool entry is a name (every version) or `name@version` (that one only).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Scope {
     pub principal: String,
@@ -39,13 +40,16 @@ impl Scope {
         }
     }
 
-    fn allows(&self, principal: &str, tenant: &str, tool: &str, action: &str) -> bool {
+    fn allows(&self, principal: &str, tenant: &str, tool: &str, version: &str, action: &str) -> bool {
         self.principal == principal
             && match &self.tenants {
                 Tenants::All => true,
                 Tenants::Only(list) => list.iter().any(|t| t == tenant),
             }
-            && self.tools.iter().any(|t| t == tool)
+            && self
+                .tools
+                .iter()
+                .any(|t| t == tool || t.strip_prefix(tool).and_then(|rest| rest.strip_prefix('@')) == Some(version))
             && self.actions.iter().any(|a| a == action)
     }
 }
@@ -57,6 +61,7 @@ pub struct Decision {
     pub principal: String,
     pub tenant: String,
     pub tool: String,
+    pub version: String,
     pub action: String,
     /// Index of the scope that allowed the call.
     pub scope: Option<usize>,
@@ -71,8 +76,8 @@ impl Decision {
             Err(Error::new(
                 ErrorCode::PermissionDenied,
                 format!(
-                    "principal {} may not {} {} for tenant {}: no scope allows it",
-                    self.principal, self.action, self.tool, self.tenant
+                    "principal {} may not {} {}@{} for tenant {}: no scope allows it",
+                    self.principal, self.action, self.tool, self.version, self.tenant
                 ),
             ))
         }
@@ -91,13 +96,14 @@ impl PermissionEnforcer {
     }
 
     /// Decide; never fails, a denial is a decision.
-    pub fn check(&self, principal: &str, tenant: &str, tool: &str, action: &str) -> Decision {
-        let scope = self.scopes.iter().position(|s| s.allows(principal, tenant, tool, action));
+    pub fn check(&self, principal: &str, tenant: &str, tool: &str, version: &str, action: &str) -> Decision {
+        let scope = self.scopes.iter().position(|s| s.allows(principal, tenant, tool, version, action));
         Decision {
             allowed: scope.is_some(),
             principal: principal.to_owned(),
             tenant: tenant.to_owned(),
             tool: tool.to_owned(),
+            version: version.to_owned(),
             action: action.to_owned(),
             scope,
         }
@@ -126,7 +132,7 @@ mod tests {
 
     #[test]
     fn p1_t03_allowed_call_passes_and_names_its_scope() {
-        let d = enforcer().check("agent:support", "acme", "stripe.refund.create", EXECUTE);
+        let d = enforcer().check("agent:support", "acme", "stripe.refund.create", "1", EXECUTE);
         assert!(d.allowed);
         assert_eq!(d.scope, Some(0));
         assert!(d.into_result().is_ok());
@@ -134,7 +140,7 @@ mod tests {
 
     #[test]
     fn p1_t04_forbidden_tool_is_denied_with_principal_tenant_tool_and_action() {
-        let d = enforcer().check("agent:support", "acme", "stripe.payment_intent.capture", EXECUTE);
+        let d = enforcer().check("agent:support", "acme", "stripe.payment_intent.capture", "1", EXECUTE);
         assert!(!d.allowed);
         let err = d.into_result().unwrap_err();
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
@@ -145,19 +151,29 @@ mod tests {
 
     #[test]
     fn p1_t02_neg_unknown_principal_is_denied_by_default() {
-        assert!(!enforcer().check("agent:stranger", "acme", "shopify.order.get", EXECUTE).allowed);
-        assert!(!PermissionEnforcer::default().check("agent:support", "acme", "shopify.order.get", EXECUTE).allowed);
+        assert!(!enforcer().check("agent:stranger", "acme", "shopify.order.get", "1", EXECUTE).allowed);
+        assert!(
+            !PermissionEnforcer::default().check("agent:support", "acme", "shopify.order.get", "1", EXECUTE).allowed
+        );
     }
 
     #[test]
     fn p1_t02_neg_scope_for_one_tenant_does_not_cover_another() {
         let e = enforcer();
-        assert!(e.check("agent:acme-only", "acme", "shopify.order.get", EXECUTE).allowed);
-        assert!(!e.check("agent:acme-only", "globex", "shopify.order.get", EXECUTE).allowed);
+        assert!(e.check("agent:acme-only", "acme", "shopify.order.get", "1", EXECUTE).allowed);
+        assert!(!e.check("agent:acme-only", "globex", "shopify.order.get", "1", EXECUTE).allowed);
+    }
+
+    #[test]
+    fn p1_t02_neg_a_version_pinned_grant_covers_only_that_version() {
+        let e = PermissionEnforcer::new(vec![Scope::new("agent:a", &["stripe.refund.create@2"])]);
+        assert!(e.check("agent:a", "acme", "stripe.refund.create", "2", EXECUTE).allowed);
+        assert!(!e.check("agent:a", "acme", "stripe.refund.create", "1", EXECUTE).allowed);
+        assert!(!e.check("agent:a", "acme", "stripe.refund", "create@2", EXECUTE).allowed);
     }
 
     #[test]
     fn p1_t02_neg_other_action_is_denied() {
-        assert!(!enforcer().check("agent:support", "acme", "shopify.order.get", "delete").allowed);
+        assert!(!enforcer().check("agent:support", "acme", "shopify.order.get", "1", "delete").allowed);
     }
 }

@@ -173,6 +173,7 @@ pub fn termination_for(code: ErrorCode) -> Termination {
         ErrorCode::SchemaInvalid => Termination::SchemaInvalid,
         ErrorCode::OutputSchemaInvalid => Termination::OutputSchemaInvalid,
         ErrorCode::PermissionDenied => Termination::PermissionDenied,
+        ErrorCode::ApprovalRequired => Termination::ApprovalRequired,
         ErrorCode::ToolUnknown => Termination::ToolUnknown,
         ErrorCode::ToolTimeout => Termination::ToolTimeout,
         ErrorCode::TraceWriteFailed => Termination::TraceWriteFailed,

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use autobiz_kernel::bounds::{Bounds, LoopPolicy, Termination};
 use autobiz_kernel::clock::SystemClock;
+use autobiz_kernel::contract::ToolContract as Contract;
 use autobiz_kernel::contract::{PriceModel, SideEffect, ToolContract, ToolRegistry};
-use autobiz_kernel::executor::{CallContext, Executor, Tool, ToolOutput};
+use autobiz_kernel::executor::{ApprovalGate, CallContext, Executor, Tool, ToolOutput};
 use autobiz_kernel::permission::{PermissionEnforcer, Scope};
 use autobiz_kernel::redaction::RedactionPolicy;
 use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
@@ -42,6 +43,18 @@ fn obj(props: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": props, "required": required})
 }
 
+/// Approves everything and remembers what it approved.
+#[derive(Default)]
+struct Approver(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl ApprovalGate for Approver {
+    async fn approve(&self, call: &CallContext, _contract: &Contract, _input: &Value) -> autobiz_kernel::Result<()> {
+        self.0.lock().unwrap().push(call.tool.clone());
+        Ok(())
+    }
+}
+
 struct Shop {
     exec: Executor,
     sink: Arc<MemoryTraceSink>,
@@ -49,24 +62,60 @@ struct Shop {
 }
 
 fn shop(capture_fails: bool) -> Shop {
+    shop_with(capture_fails, Some(Arc::new(Approver::default())))
+}
+
+fn shop_with(capture_fails: bool, approvals: Option<Arc<Approver>>) -> Shop {
     let mut r = ToolRegistry::new();
     let c = |name: &str, side, input: Value| {
-        ToolContract::new(name, "1", side, &input, &json!({"type": "object"}), Duration::from_secs(1), PriceModel::from_usd(0.0001, 0.0)).unwrap()
+        ToolContract::new(
+            name,
+            "1",
+            side,
+            &input,
+            &json!({"type": "object"}),
+            Duration::from_secs(1),
+            PriceModel::from_usd(0.0001, 0.0),
+        )
+        .unwrap()
     };
     r.register(c("order.get", SideEffect::Read, obj(json!({"order_id": {"type": "string"}}), &["order_id"]))).unwrap();
-    r.register(c("pay.capture", SideEffect::Financial, obj(json!({"amount": {"type": "integer"}, "order_id": {"type": "string"}}), &["amount"]))).unwrap();
-    r.register(c("pay.void", SideEffect::Financial, obj(json!({"order_id": {"type": "string"}}), &["order_id"]))).unwrap();
-    r.register(c("mail.send", SideEffect::Notify, obj(json!({"to": {"type": "string"}, "template": {"type": "string"}}), &["to", "template"]))).unwrap();
-    let perms = PermissionEnforcer::new(vec![Scope::new("agent:shop", &["order.get", "pay.capture", "pay.void", "mail.send"])]);
+    r.register(c(
+        "pay.capture",
+        SideEffect::Financial,
+        obj(json!({"amount": {"type": "integer"}, "order_id": {"type": "string"}}), &["amount"]),
+    ))
+    .unwrap();
+    r.register(c("pay.void", SideEffect::Financial, obj(json!({"order_id": {"type": "string"}}), &["order_id"])))
+        .unwrap();
+    r.register(c(
+        "mail.send",
+        SideEffect::Notify,
+        obj(json!({"to": {"type": "string"}, "template": {"type": "string"}}), &["to", "template"]),
+    ))
+    .unwrap();
+    let perms =
+        PermissionEnforcer::new(vec![Scope::new("agent:shop", &["order.get", "pay.capture", "pay.void", "mail.send"])]);
     let sink = Arc::new(MemoryTraceSink::new());
-    let mut exec = Executor::new(r, perms, LoopPolicy::default(), RedactionPolicy::default(), sink.clone(), Arc::new(SystemClock));
-    exec.bind("order.get", "1", tool(|i: &Value| Ok(json!({"id": i["order_id"], "total": 4200, "email": "ann@example.com"})))).unwrap();
+    let mut exec =
+        Executor::new(r, perms, LoopPolicy::default(), RedactionPolicy::default(), sink.clone(), Arc::new(SystemClock));
+    if let Some(gate) = approvals {
+        exec = exec.with_approvals(gate);
+    }
+    exec.bind(
+        "order.get",
+        "1",
+        tool(|i: &Value| Ok(json!({"id": i["order_id"], "total": 4200, "email": "ann@example.com"}))),
+    )
+    .unwrap();
     if capture_fails {
-        exec.bind("pay.capture", "1", tool(|_: &Value| Err(Error::new(ErrorCode::ToolFailed, "card_declined")))).unwrap();
+        exec.bind("pay.capture", "1", tool(|_: &Value| Err(Error::new(ErrorCode::ToolFailed, "card_declined"))))
+            .unwrap();
     } else {
         exec.bind("pay.capture", "1", tool(|i: &Value| Ok(json!({"id": "pi_1", "amount": i["amount"]})))).unwrap();
     }
-    let voids: Arc<FnTool<fn(&Value) -> autobiz_kernel::Result<Value>>> = Arc::new(FnTool(|_| Ok(json!({"status": "canceled"})), AtomicUsize::new(0)));
+    let voids: Arc<FnTool<fn(&Value) -> autobiz_kernel::Result<Value>>> =
+        Arc::new(FnTool(|_| Ok(json!({"status": "canceled"})), AtomicUsize::new(0)));
     exec.bind("pay.void", "1", voids.clone()).unwrap();
     exec.bind("mail.send", "1", tool(|_: &Value| Ok(json!({"status": "queued"})))).unwrap();
     Shop { exec, sink, voids }
@@ -77,14 +126,20 @@ fn step(id: &str, tool: &str, input: Value) -> Step {
 }
 
 fn fulfil() -> Workflow {
-    let mut capture = step("capture", "pay.capture", json!({"amount": "$.fetch.total", "order_id": "$.event.order_id"}));
+    let mut capture =
+        step("capture", "pay.capture", json!({"amount": "$.fetch.total", "order_id": "$.event.order_id"}));
     capture.on_error = Some("void".into());
     let mut email = step("email", "mail.send", json!({"to": "$.fetch.email", "template": "order-confirmed"}));
     email.next = Some("end".into());
     Workflow {
         id: "WF01".into(),
         name: "OrderFulfillWorkflow".into(),
-        steps: vec![step("fetch", "order.get", json!({"order_id": "$.event.order_id"})), capture, email, step("void", "pay.void", json!({"order_id": "$.event.order_id"}))],
+        steps: vec![
+            step("fetch", "order.get", json!({"order_id": "$.event.order_id"})),
+            capture,
+            email,
+            step("void", "pay.void", json!({"order_id": "$.event.order_id"})),
+        ],
     }
 }
 
@@ -152,4 +207,23 @@ async fn p1_t04_a_step_outside_the_principals_scope_ends_the_run_permission_deni
     let out = fulfil().run(&s.exec, &other, "run-1", bounds(), json!({"order_id": "1"}), json!({})).await.unwrap();
     assert_eq!(out.termination, Termination::PermissionDenied);
     assert!(out.outputs.is_empty());
+}
+
+#[tokio::test]
+async fn inv07_financial_steps_without_an_approval_gate_never_run() {
+    let s = shop_with(false, None);
+    let out = fulfil().run(&s.exec, &ctx(), "run-1", bounds(), json!({"order_id": "1001"}), json!({})).await.unwrap();
+    // capture is refused; its on_error branch (void) is FINANCIAL too and is refused as well.
+    assert_eq!(out.path, vec!["fetch", "capture", "void"]);
+    assert_eq!(out.termination, Termination::ApprovalRequired);
+    assert!(!out.outputs.contains_key("capture") && !out.outputs.contains_key("void"));
+    assert_eq!(s.voids.1.load(Ordering::SeqCst), 0);
+    let refusals = s
+        .sink
+        .records("run-1")
+        .into_iter()
+        .filter(|r| r.error.as_ref().is_some_and(|e| e.code == "APPROVAL_REQUIRED"))
+        .count();
+    assert_eq!(refusals, 2);
+    assert_eq!(s.exec.counters().snapshot()["approval_refused_total"], 2);
 }

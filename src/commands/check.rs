@@ -1,4 +1,5 @@
-//! `autobiz check`: validate the business config and print its hash.
+//! `autobiz check`: validate the business config (schema, then the compile
+//! checks CC-01..CC-04), print each problem with its fix, and the hash.
 
 use std::process::ExitCode;
 
@@ -16,6 +17,9 @@ pub fn run(global: &GlobalArgs, reporter: &Reporter) -> Result<ExitCode, CliErro
             for d in &report.diagnostics {
                 let at = d.line.map(|l| format!(":{l}")).unwrap_or_default();
                 out.push_str(&format!("error[{}] {}{at}: {}: {}\n", d.code, report.path, d.path, d.message));
+                if let Some(fix) = &d.fix {
+                    out.push_str(&format!("    fix: {fix}\n"));
+                }
             }
             if report.is_ok() {
                 out.push_str(&format!("ok: {}\n", report.path));
