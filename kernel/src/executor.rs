@@ -20,8 +20,8 @@
 //! 9. tokens count against `max_tokens`, the cost is priced from the
 //!    contract;
 //! 10. a trace record (redacted input and output, decision, duration, cost)
-//!    is persisted. If it cannot be, the run ends with `trace_write_failed`
-//!    and the output is withheld: nothing acts unobserved (INV-04).
+//!     is persisted. If it cannot be, the run ends with `trace_write_failed`
+//!     and the output is withheld: nothing acts unobserved (INV-04).
 //!
 //! Every refusal is traced and counted. A refusal of 1, 5 or 10 ends the run;
 //! the others fail only the call, and the caller (a workflow, an agent loop)
