@@ -55,10 +55,12 @@ impl ApprovalGate for Approver {
     }
 }
 
+type VoidTool = FnTool<fn(&Value) -> autobiz_kernel::Result<Value>>;
+
 struct Shop {
     exec: Executor,
     sink: Arc<MemoryTraceSink>,
-    voids: Arc<FnTool<fn(&Value) -> autobiz_kernel::Result<Value>>>,
+    voids: Arc<VoidTool>,
 }
 
 fn shop(capture_fails: bool) -> Shop {
@@ -114,8 +116,7 @@ fn shop_with(capture_fails: bool, approvals: Option<Arc<Approver>>) -> Shop {
     } else {
         exec.bind("pay.capture", "1", tool(|i: &Value| Ok(json!({"id": "pi_1", "amount": i["amount"]})))).unwrap();
     }
-    let voids: Arc<FnTool<fn(&Value) -> autobiz_kernel::Result<Value>>> =
-        Arc::new(FnTool(|_| Ok(json!({"status": "canceled"})), AtomicUsize::new(0)));
+    let voids: Arc<VoidTool> = Arc::new(FnTool(|_| Ok(json!({"status": "canceled"})), AtomicUsize::new(0)));
     exec.bind("pay.void", "1", voids.clone()).unwrap();
     exec.bind("mail.send", "1", tool(|_: &Value| Ok(json!({"status": "queued"})))).unwrap();
     Shop { exec, sink, voids }
