@@ -112,7 +112,7 @@ fn bounds() -> Bounds {
 
 /// Time `iters` calls, starting a fresh run every 1,000 calls so that loop
 /// history stays the size of a real run.
-async fn calls(exec: &Executor, iters: u64, run_prefix: &str) -> Duration {
+async fn calls(exec: Arc<Executor>, iters: u64, run_prefix: &'static str) -> Duration {
     let input = input();
     let mut total = Duration::ZERO;
     let mut done = 0;
@@ -143,9 +143,18 @@ fn benches(c: &mut Criterion) {
     assert!(validator.is_valid(&value));
     c.bench_function("floor_jsonschema_validate_1kb", |b| b.iter(|| std::hint::black_box(validator.is_valid(&value))));
 
-    let memory = executor(Arc::new(MemoryTraceSink::new()));
+    let policy = RedactionPolicy::default();
+    c.bench_function("part_redact_1kb", |b| b.iter(|| std::hint::black_box(policy.redact(&value))));
+    c.bench_function("part_args_hash_1kb", |b| {
+        b.iter(|| std::hint::black_box(autobiz_kernel::executor::args_hash(&value)))
+    });
+
+    // The loop runs on a runtime worker, as runs do in production, so the
+    // tool task is spawned onto the same worker rather than handed across
+    // threads from outside the runtime.
+    let memory = Arc::new(executor(Arc::new(MemoryTraceSink::new())));
     c.bench_function("executor_call_no_persistence", |b| {
-        b.iter_custom(|iters| rt.block_on(calls(&memory, iters, "mem")))
+        b.iter_custom(|iters| rt.block_on(rt.spawn(calls(memory.clone(), iters, "mem"))).unwrap())
     });
 
     let dir = tempfile::tempdir().unwrap();
@@ -169,9 +178,9 @@ fn benches(c: &mut Criterion) {
             .unwrap()
         })
     });
-    let persisted = executor(Arc::new(store));
+    let persisted = Arc::new(executor(Arc::new(store)));
     c.bench_function("executor_call_sqlite_trace", |b| {
-        b.iter_custom(|iters| rt.block_on(calls(&persisted, iters, "sql")))
+        b.iter_custom(|iters| rt.block_on(rt.spawn(calls(persisted.clone(), iters, "sql"))).unwrap())
     });
 }
 
@@ -193,6 +202,11 @@ fn median_ns(name: &str) -> Option<f64> {
 fn main() {
     group();
     Criterion::default().configure_from_args().final_summary();
+    for part in ["part_redact_1kb", "part_args_hash_1kb"] {
+        if let Some(ns) = median_ns(part) {
+            println!("  {part}: {:.2} µs", ns / 1e3);
+        }
+    }
     let (Some(validate), Some(mem), Some(insert), Some(sql)) = (
         median_ns("floor_jsonschema_validate_1kb"),
         median_ns("executor_call_no_persistence"),

@@ -329,16 +329,17 @@ impl Executor {
             }
         }
         Counters::bump(&self.counters.tool_invocation_total);
+        let mut rec = self.record_at(run, RecordKind::ToolCall, seq);
+        rec.tool = Some(contract.id());
+        rec.input = Some(self.redact(&input, &mut rec));
+        rec.decision = Some(decision);
         let remaining = run.bounds.remaining();
         let limit = contract.timeout.min(remaining);
         let started = tokio::time::Instant::now();
-        let task = tokio::spawn({
-            let input = input.clone();
-            async move { tool.call(call, input).await }
-        });
+        let task = tokio::spawn(async move { tool.call(call, input).await });
         let abort = task.abort_handle();
         let outcome = tokio::time::timeout(limit, task).await;
-        let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        rec.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let result = match outcome {
             Ok(Ok(Ok(out))) => Ok(out),
             Ok(Ok(Err(e))) => Err(e),
@@ -354,11 +355,6 @@ impl Executor {
                 ))
             }
         };
-        let mut rec = self.record_at(run, RecordKind::ToolCall, seq);
-        rec.tool = Some(contract.id());
-        rec.input = Some(self.redact(&input, &mut rec));
-        rec.decision = Some(decision);
-        rec.duration_us = duration_us;
         let out = match result {
             Ok(out) => out,
             Err(e) => {
@@ -497,9 +493,89 @@ impl Executor {
     }
 }
 
-/// SHA-256 of the RFC 8785 canonical form of a tool's arguments: equal
-/// arguments hash equal whatever their key order.
+/// A SHA-256 fingerprint of a tool's arguments that is equal for equal JSON
+/// values whatever their key order: object keys are fed sorted, every value
+/// with a type tag and length prefix, so no two different values feed the
+/// same bytes. Streaming (no canonical string is built), because it runs on
+/// every call for loop detection; idempotency keys use full RFC 8785.
 pub fn args_hash(input: &Value) -> [u8; 32] {
-    let canonical = serde_json_canonicalizer::to_vec(input).unwrap_or_default();
-    Sha256::digest(canonical).into()
+    fn feed(h: &mut Sha256, v: &Value) {
+        match v {
+            Value::Null => h.update([0u8]),
+            Value::Bool(b) => h.update([1u8, u8::from(*b)]),
+            Value::Number(n) => {
+                // Integers and floats that are equal as JSON numbers feed the
+                // same bytes (1 and 1.0), as RFC 8785 would print them.
+                let text = match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                    (Some(i), _, _) => i.to_string(),
+                    (_, Some(u), _) => u.to_string(),
+                    (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+                    (_, _, Some(f)) => format!("{f:e}"),
+                    _ => n.to_string(),
+                };
+                h.update([2u8]);
+                h.update((text.len() as u64).to_le_bytes());
+                h.update(text.as_bytes());
+            }
+            Value::String(s) => {
+                h.update([3u8]);
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+            Value::Array(items) => {
+                h.update([4u8]);
+                h.update((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|item| feed(h, item));
+            }
+            Value::Object(map) => {
+                h.update([5u8]);
+                h.update((map.len() as u64).to_le_bytes());
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable();
+                for k in keys {
+                    h.update((k.len() as u64).to_le_bytes());
+                    h.update(k.as_bytes());
+                    feed(h, &map[k]);
+                }
+            }
+        }
+    }
+    let mut h = Sha256::new();
+    feed(&mut h, input);
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::args_hash;
+
+    #[test]
+    fn p1_t08_argument_fingerprints_ignore_key_order_and_see_every_difference() {
+        assert_eq!(args_hash(&json!({"a": 1, "b": [true, null]})), args_hash(&json!({"b": [true, null], "a": 1})));
+        assert_eq!(args_hash(&json!({"n": 1})), args_hash(&json!({"n": 1.0})));
+        let distinct = [
+            json!(null),
+            json!(false),
+            json!(true),
+            json!(0),
+            json!(1),
+            json!("1"),
+            json!([]),
+            json!({}),
+            json!([[]]),
+            json!(["a", "b"]),
+            json!(["ab"]),
+            json!({"a": "b"}),
+            json!({"ab": ""}),
+            json!({"a": {"b": 1}}),
+            json!(1.5),
+        ];
+        for (i, a) in distinct.iter().enumerate() {
+            for b in &distinct[i + 1..] {
+                assert_ne!(args_hash(a), args_hash(b), "{a} vs {b}");
+            }
+        }
+    }
 }

@@ -17,13 +17,14 @@
 //!   ([`permission::PermissionEnforcer`]), bounds and loop detection
 //!   ([`bounds`]), timeouts, cost, and a redacted, persisted [`trace`].
 //! * [`workflow::Workflow`]: declared steps and branches, run through the
-//!   executor.
+//!   executor; [`assembly::Assembly`] builds both from a checked config.
 //! * [`redaction::RedactionPolicy`]: what of a tool call may reach a persisted
 //!   trace (allowlist, sensitive names, scanners that raise alerts).
 //! * [`Error`]: one error type with stable [`ErrorCode`]s.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map and invariants.
 
+pub mod assembly;
 pub mod bounds;
 pub mod clock;
 pub mod config;
