@@ -13,9 +13,9 @@
 //! 6. a FINANCIAL tool must be approved by the [`ApprovalGate`]; an executor
 //!    without one refuses every FINANCIAL call (`APPROVAL_REQUIRED`, INV-07):
 //!    money never moves by default;
-//! 7. the tool runs on its own task under `min(tool timeout, time left)`; on
-//!    timeout the task is aborted, so the call is really cancelled; a panic
-//!    is caught and reported as `TOOL_FAILED`;
+//! 7. the tool runs under `min(tool timeout, time left)`; on timeout its
+//!    future is dropped, so the call is really cancelled; a panic is caught
+//!    and reported as `TOOL_FAILED`;
 //! 8. the output must satisfy the output schema (`OUTPUT_SCHEMA_INVALID`);
 //! 9. tokens count against `max_tokens`, the cost is priced from the
 //!    contract;
@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::FutureExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -336,24 +337,21 @@ impl Executor {
         let remaining = run.bounds.remaining();
         let limit = contract.timeout.min(remaining);
         let started = tokio::time::Instant::now();
-        let task = tokio::spawn(async move { tool.call(call, input).await });
-        let abort = task.abort_handle();
-        let outcome = tokio::time::timeout(limit, task).await;
+        // The tool's future runs here, under the timeout and catch_unwind:
+        // on timeout it is dropped, which cancels it at its await point, and
+        // a panic is contained. (A spawned task would cost a cross-thread
+        // wake-up per call and cancel no sooner: abort also acts at an await.)
+        let call_future = std::panic::AssertUnwindSafe(tool.call(call, input)).catch_unwind();
+        let outcome = tokio::time::timeout(limit, call_future).await;
         rec.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let result = match outcome {
             Ok(Ok(Ok(out))) => Ok(out),
             Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(join)) => Err(Error::new(
-                ErrorCode::ToolFailed,
-                format!("{} {}", contract.id(), if join.is_panic() { "panicked" } else { "was cancelled" }),
+            Ok(Err(_panic)) => Err(Error::new(ErrorCode::ToolFailed, format!("{} panicked", contract.id()))),
+            Err(_) => Err(Error::new(
+                ErrorCode::ToolTimeout,
+                format!("{} did not answer within {} ms and was cancelled", contract.id(), limit.as_millis()),
             )),
-            Err(_) => {
-                abort.abort();
-                Err(Error::new(
-                    ErrorCode::ToolTimeout,
-                    format!("{} did not answer within {} ms and was cancelled", contract.id(), limit.as_millis()),
-                ))
-            }
         };
         let out = match result {
             Ok(out) => out,

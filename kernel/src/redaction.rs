@@ -125,6 +125,10 @@ pub const DEFAULT_ALLOWLIST: &[&str] = &[
 /// A key compared the way people write the same name in different APIs:
 /// `orderId`, `order_id` and `Order-ID` are one field.
 fn normalize(key: &str) -> String {
+    if key.is_ascii() {
+        // The common case, without per-char Unicode case mapping.
+        return key.bytes().filter(|b| *b != b'_' && *b != b'-').map(|b| char::from(b.to_ascii_lowercase())).collect();
+    }
     key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
 }
 
@@ -214,6 +218,14 @@ impl FieldPattern {
         &self.text
     }
 
+    /// The key of a `**.key` pattern, which matches wherever that key is.
+    fn anywhere_key(&self) -> Option<&str> {
+        match self.segments.as_slice() {
+            [PatternSegment::AnyDepth, PatternSegment::Key(key)] => Some(key),
+            _ => None,
+        }
+    }
+
     /// Does the pattern match `path` or one of its ancestors?
     fn allows(&self, path: &[PathSegment]) -> bool {
         fn matches(pattern: &[PatternSegment], path: &[PathSegment]) -> bool {
@@ -261,21 +273,23 @@ impl std::str::FromStr for FieldPattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedactionPolicy {
     allow: Vec<FieldPattern>,
+    /// Keys allowed at any depth (patterns `**.key`), looked up in one hash
+    /// probe per path segment instead of matched pattern by pattern: most of
+    /// the default allowlist has this shape, and the walk asks at every node.
+    anywhere: std::collections::HashSet<String>,
 }
 
 impl Default for RedactionPolicy {
     /// The [`DEFAULT_ALLOWLIST`].
     fn default() -> Self {
-        let allow =
-            DEFAULT_ALLOWLIST.iter().map(|p| FieldPattern::parse(p).expect("the default allowlist parses")).collect();
-        RedactionPolicy { allow }
+        RedactionPolicy::new(DEFAULT_ALLOWLIST).expect("the default allowlist parses")
     }
 }
 
 impl RedactionPolicy {
     /// A policy that allows nothing: every leaf is filtered.
     pub fn deny_all() -> RedactionPolicy {
-        RedactionPolicy { allow: Vec::new() }
+        RedactionPolicy { allow: Vec::new(), anywhere: Default::default() }
     }
 
     /// A policy allowing exactly `patterns` (not the defaults).
@@ -289,7 +303,11 @@ impl RedactionPolicy {
 
     /// This policy plus one more allowed pattern.
     pub fn allow(mut self, pattern: &str) -> Result<RedactionPolicy> {
-        self.allow.push(FieldPattern::parse(pattern)?);
+        let pattern = FieldPattern::parse(pattern)?;
+        if let Some(key) = pattern.anywhere_key() {
+            self.anywhere.insert(key.to_owned());
+        }
+        self.allow.push(pattern);
         Ok(self)
     }
 
@@ -307,7 +325,8 @@ impl RedactionPolicy {
     }
 
     fn allows(&self, path: &[PathSegment]) -> bool {
-        self.allow.iter().any(|p| p.allows(path))
+        path.iter().any(|s| matches!(s, PathSegment::Key { normalized, .. } if self.anywhere.contains(normalized)))
+            || self.allow.iter().filter(|p| p.anywhere_key().is_none()).any(|p| p.allows(path))
     }
 }
 
@@ -344,11 +363,16 @@ const SENSITIVE_EXACT: &[&str] =
 /// under a parent whose name ends in `card` or `cards` (`card.number`,
 /// `payment_card.number`, `cards[0].number`).
 pub fn is_sensitive_field(parent: Option<&str>, name: &str) -> bool {
-    let name = normalize(name);
-    if SENSITIVE_EXACT.contains(&name.as_str())
-        || SENSITIVE_SUBSTRINGS.iter().any(|s| name.contains(s))
-        || name.ends_with("token")
-    {
+    is_sensitive_normalized(parent, &normalize(name))
+}
+
+/// [`is_sensitive_field`] for a name already normalized.
+fn is_sensitive_normalized(parent: Option<&str>, name: &str) -> bool {
+    /// One pass over the name for all the substrings, instead of one search each.
+    static SUBSTRINGS: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+        aho_corasick::AhoCorasick::new(SENSITIVE_SUBSTRINGS).expect("sensitive-name substrings build")
+    });
+    if SENSITIVE_EXACT.contains(&name) || SUBSTRINGS.is_match(name) || name.ends_with("token") {
         return true;
     }
     name == "number" && parent.map(normalize).is_some_and(|p| p.ends_with("card") || p.ends_with("cards"))
@@ -571,11 +595,21 @@ static SCANNERS: LazyLock<[(DetectionKind, &'static Regex); 8]> = LazyLock::new(
     ]
 });
 
-/// One pass that says whether any key-format scanner could match. Most keys
-/// and values match nothing, so `scrub` answers them with this single scan
-/// instead of ten (measured: 42 µs -> see docs/benchmarks.md for a 1 KB order).
-static ANY_KEY_FORMAT: LazyLock<regex::RegexSet> = LazyLock::new(|| {
-    regex::RegexSet::new(SCANNERS.iter().map(|(_, re)| re.as_str())).expect("redaction scanner regexes are valid")
+/// Literals of which every key-format scanner needs at least one (compared
+/// ASCII-case-insensitively). Most keys and values contain none and few
+/// digits, so `scrub` answers them with one SIMD literal search instead of
+/// ten regex scans (docs/benchmarks.md). Keep in step with the scanners: the
+/// scanner tests fail for any format whose literal is missing here.
+const SCANNER_LITERALS: &[&str] = &[
+    "bearer", "eyj", "sg.", "sk_", "rk_", "pk_live", "whsec_", "shpat_", "shpss_", "shpca_", "shppa_", "akia", "asia",
+    "@",
+];
+
+static ANY_KEY_FORMAT: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(SCANNER_LITERALS)
+        .expect("redaction scanner literals build")
 });
 
 /// Fewer ASCII digits than this and neither a card (13+) nor a phone number
@@ -586,9 +620,15 @@ const MIN_DIGITS_FOR_NUMBERS: usize = 7;
 /// placeholder, and the kind of each match in order. Also usable on text that
 /// is not JSON (error messages, log lines) before it is persisted.
 pub fn scrub(text: &str) -> (String, Vec<DetectionKind>) {
+    let (text, found) = scrub_cow(text);
+    (text.into_owned(), found)
+}
+
+/// [`scrub`] without a copy when nothing is found (the common case).
+fn scrub_cow(text: &str) -> (Cow<'_, str>, Vec<DetectionKind>) {
     let digits = text.bytes().filter(u8::is_ascii_digit).count();
     if digits < MIN_DIGITS_FOR_NUMBERS && !ANY_KEY_FORMAT.is_match(text) {
-        return (text.to_owned(), Vec::new());
+        return (Cow::Borrowed(text), Vec::new());
     }
     let mut found = Vec::new();
     let mut current = Cow::Borrowed(text);
@@ -609,7 +649,7 @@ pub fn scrub(text: &str) -> (String, Vec<DetectionKind>) {
         current = Cow::Owned(out);
     }
     replace(&mut current, &PHONE, DetectionKind::Phone, &mut found);
-    (current.into_owned(), found)
+    (current, found)
 }
 
 fn replace(text: &mut Cow<'_, str>, re: &Regex, kind: DetectionKind, found: &mut Vec<DetectionKind>) {
@@ -764,15 +804,19 @@ impl Walker<'_> {
             Value::Object(map) => {
                 let mut out = Map::new();
                 for (key, child) in map {
-                    let (mut shown, key_kinds) = scrub(key);
-                    if out.contains_key(&shown) {
+                    let (shown, key_kinds) = scrub_cow(key);
+                    let mut shown = shown.into_owned();
+                    // Keys of one map are unique unless masking made two alike.
+                    if !key_kinds.is_empty() && out.contains_key(&shown) {
                         // Two keys redacted to the same text: keep both.
                         let base = shown;
                         shown = (2..).map(|n| format!("{base}#{n}")).find(|k| !out.contains_key(k)).expect("unbounded");
                     }
-                    self.path.push(PathSegment::Key { shown: shown.clone(), normalized: normalize(key) });
+                    let normalized = normalize(key);
+                    let sensitive = is_sensitive_normalized(parent, &normalized);
+                    self.path.push(PathSegment::Key { shown: shown.clone(), normalized });
                     self.detect(key_kinds);
-                    let redacted = if is_sensitive_field(parent, key) {
+                    let redacted = if sensitive {
                         if child.is_null() {
                             Value::Null
                         } else {
