@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::contract::{SideEffect, ToolContract, ToolRegistry};
 use crate::error::{Error, ErrorCode, Result};
 use crate::permission::{Decision, EXECUTE, PermissionEnforcer};
-use crate::redaction::RedactionPolicy;
+use crate::redaction::{RedactionPolicy, RedactionStats};
 use crate::tenant::TenantContext;
 use crate::trace::{Cost, RecordKind, TraceRecord, TraceSink, TracedError};
 
@@ -138,6 +138,9 @@ pub struct Executor {
     clock: Arc<dyn Clock>,
     approvals: Option<Arc<dyn ApprovalGate>>,
     counters: Counters,
+    /// Detections by kind (`scanner_detection_total`), only touched when a
+    /// payload had something to redact.
+    redaction_stats: std::sync::Mutex<RedactionStats>,
 }
 
 /// One run in progress. Created by [`Executor::start`].
@@ -199,6 +202,7 @@ impl Executor {
             clock,
             approvals: None,
             counters: Counters::default(),
+            redaction_stats: std::sync::Mutex::new(RedactionStats::default()),
         }
     }
 
@@ -222,6 +226,11 @@ impl Executor {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Redaction detections so far, by kind.
+    pub fn redaction_stats(&self) -> RedactionStats {
+        self.redaction_stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Start a run under `ctx` (its principal is the one permissions check).
@@ -422,6 +431,9 @@ impl Executor {
     /// Redact a payload for the trace; scanner hits raise an alert record.
     fn redact(&self, value: &Value, rec: &mut TraceRecord) -> Value {
         let redacted = self.redaction.redact(value);
+        if !redacted.detections.is_empty() {
+            self.redaction_stats.lock().unwrap_or_else(|p| p.into_inner()).record(&redacted);
+        }
         let alerts = redacted.alerts();
         if !alerts.is_empty() {
             self.counters.redaction_alert_total.fetch_add(alerts.len() as u64, Ordering::Relaxed);
@@ -436,9 +448,28 @@ impl Executor {
         redacted.value
     }
 
-    /// Persist a record; failure ends the run (fail closed).
+    /// Persist a record; failure ends the run (fail closed). A record whose
+    /// payloads set off a scanner is followed by a `redaction_alert` record:
+    /// the allowlist let something through that it should not have.
     async fn write(&self, run: &mut Run, rec: TraceRecord) -> Result<()> {
-        match self.trace.append(&run.ctx, &rec).await {
+        let alerts = rec.detail.as_ref().and_then(|d| d.get("redaction_alerts")).cloned();
+        self.append(run, &rec).await?;
+        if let Some(alerts) = alerts {
+            tracing::warn!(
+                target: "autobiz::security",
+                run_id = %run.id, tool = rec.tool.as_deref().unwrap_or("-"), alerts = %alerts,
+                "redaction scanner hit: review the trace allowlist"
+            );
+            let mut alert = self.record(run, RecordKind::RedactionAlert);
+            alert.tool = rec.tool.clone();
+            alert.detail = Some(serde_json::json!({ "redaction_alerts": alerts, "record_seq": rec.seq }));
+            self.append(run, &alert).await?;
+        }
+        Ok(())
+    }
+
+    async fn append(&self, run: &mut Run, rec: &TraceRecord) -> Result<()> {
+        match self.trace.append(&run.ctx, rec).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 Counters::bump(&self.counters.trace_write_failure_total);

@@ -436,3 +436,95 @@ async fn p1_t09_traces_persist_in_the_store_per_tenant() {
     assert_eq!(kinds(&trace), vec![RecordKind::RunStart, RecordKind::ToolCall, RecordKind::RunEnd]);
     assert!(store.trace(&ctx("globex"), "run-1").await.unwrap().is_empty(), "another tenant sees no trace");
 }
+
+#[tokio::test]
+async fn p1_t_rk08b_a_scanner_hit_in_an_allowlisted_field_is_masked_counted_and_alerted() {
+    let f = fixture();
+    let mut run = f.exec.start(&ctx("acme"), "run-1", bounds(), json!({})).await.unwrap();
+    // `order_id` is allowlisted, so the scanners are the last line of defence.
+    f.exec.call(&mut run, "llm", "1", json!({"order_id": "call bob@example.com"})).await.unwrap();
+    let records = f.sink.records("run-1");
+    assert_eq!(kinds(&records), vec![RecordKind::RunStart, RecordKind::ToolCall, RecordKind::RedactionAlert]);
+    assert_eq!(records[1].input.as_ref().unwrap()["order_id"], "call [REDACTED:email]");
+    let alert = records[2].detail.as_ref().unwrap();
+    assert_eq!(alert["record_seq"], 2);
+    assert_eq!(alert["redaction_alerts"][0]["kind"], "email");
+    assert!(!serde_json::to_string(&f.sink.all()).unwrap().contains("bob@example.com"));
+    assert_eq!(f.exec.counters().snapshot()["redaction_alert_total"], 1);
+    assert_eq!(f.exec.redaction_stats().count(autobiz_kernel::redaction::DetectionKind::Email), 1);
+}
+
+mod generated {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A secret or a piece of PII, as it could appear inside free text.
+    fn planted() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[A-Za-z0-9]{16,28}".prop_map(|s| format!("sk_live_{s}")),
+            "[A-Za-z0-9]{12,20}".prop_map(|s| format!("rk_test_{s}")),
+            "[A-Z0-9]{16}".prop_map(|s| format!("AKIA{s}")),
+            "[A-Za-z0-9]{20,32}".prop_map(|s| format!("whsec_{s}")),
+            ("[a-z]{2,8}", "[a-z]{2,8}").prop_map(|(u, d)| format!("{u}.x@{d}.example.com")),
+            (
+                prop::sample::select(vec![
+                    "4242424242424242",
+                    "5555555555554444",
+                    "4000056655665556",
+                    "378282246310005"
+                ]),
+                prop::sample::select(vec!["", " ", "-"])
+            )
+                .prop_map(|(card, sep)| card
+                    .as_bytes()
+                    .chunks(4)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect::<Vec<_>>()
+                    .join(sep)),
+            "[2-9][0-9]{2}".prop_map(|area| format!("+1{area}5550123")),
+        ]
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "order_id",
+            "status",
+            "note",
+            "msg",
+            "amount",
+            "sku",
+            "tracking_number",
+            "reason",
+            "customer",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Whatever the field, allowlisted or not, and wherever in the text,
+        /// no planted secret reaches any persisted record.
+        #[test]
+        fn p1_t35_generated_secrets_never_reach_the_persisted_trace(
+            plants in prop::collection::vec((field(), "[a-z ]{0,10}", planted(), "[a-z ]{0,10}"), 1..5)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let f = fixture();
+            let mut input = serde_json::Map::new();
+            for (i, (key, before, secret, after)) in plants.iter().enumerate() {
+                input.insert(format!("{key}{}", if i == 0 { String::new() } else { format!("_{i}") }), json!(format!("{before}{secret}{after}")));
+                input.insert(format!("nested_{i}"), json!({ key.as_str(): format!("{before} {secret} {after}") }));
+            }
+            rt.block_on(async {
+                let mut run = f.exec.start(&ctx("acme"), "run-p", bounds(), json!({})).await.unwrap();
+                f.exec.call(&mut run, "llm", "1", Value::Object(input)).await.unwrap();
+            });
+            let persisted = serde_json::to_string(&f.sink.all()).unwrap();
+            for (_, _, secret, _) in &plants {
+                prop_assert!(!persisted.contains(secret.as_str()), "{} reached the trace: {}", secret, persisted);
+            }
+        }
+    }
+}
