@@ -262,6 +262,20 @@ impl Executor {
 
     /// One tool call through every check. See the module docs for the order.
     pub async fn call(&self, run: &mut Run, tool: &str, version: &str, input: Value) -> Result<Value> {
+        self.call_into(run, tool, version, input, None).await
+    }
+
+    /// [`Executor::call`] whose output becomes `state_key` of the run's state
+    /// (a workflow's step id): the trace records the state diff, an RFC 6902
+    /// `add` of the (redacted) output at `/state_key`.
+    pub async fn call_into(
+        &self,
+        run: &mut Run,
+        tool: &str,
+        version: &str,
+        input: Value,
+        state_key: Option<&str>,
+    ) -> Result<Value> {
         self.ensure_live(run)?;
         if let Err(t) = run.bounds.begin_tool_call() {
             return Err(self.end_on_bound(run, t, Some(format!("{tool}@{version}"))).await);
@@ -312,10 +326,17 @@ impl Executor {
                 format!("run {} ended: {} repeats itself", run.id, contract.id()),
             ));
         }
-        self.execute(run, contract, input, decision).await
+        self.execute(run, contract, input, decision, state_key).await
     }
 
-    async fn execute(&self, run: &mut Run, contract: &ToolContract, input: Value, decision: Decision) -> Result<Value> {
+    async fn execute(
+        &self,
+        run: &mut Run,
+        contract: &ToolContract,
+        input: Value,
+        decision: Decision,
+        state_key: Option<&str>,
+    ) -> Result<Value> {
         let Some(tool) = self.tools.get(&(contract.name.clone(), contract.version.clone())).cloned() else {
             let e = Error::new(
                 ErrorCode::ToolUnknown,
@@ -392,7 +413,12 @@ impl Executor {
                 format!("{} output rejected at {}: {}", contract.id(), first.path, first.message),
             )
         });
-        rec.output = Some(self.redact(&out.value, &mut rec));
+        let output = self.redact(&out.value, &mut rec);
+        if let Some(key) = state_key.filter(|_| output_error.is_none()) {
+            let pointer = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+            rec.state_diff = Some(serde_json::json!([{ "op": "add", "path": pointer, "value": output }]));
+        }
+        rec.output = Some(output);
         if let Some(e) = &output_error {
             rec.error = Some(TracedError::from(e));
         }

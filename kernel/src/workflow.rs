@@ -114,7 +114,7 @@ impl Workflow {
             }
             outcome.path.push(step.id.clone());
             let result = match resolve(&step.input, &scope) {
-                Ok(input) => exec.call(&mut run, &step.tool, &step.version, input).await,
+                Ok(input) => exec.call_into(&mut run, &step.tool, &step.version, input, Some(&step.id)).await,
                 Err(missing) => Err(Error::new(
                     ErrorCode::SchemaInvalid,
                     format!("workflow {} step {}: {missing} does not resolve", self.id, step.id),

@@ -163,6 +163,15 @@ async fn happy_path_chains_outputs_and_completes() {
     assert!(out.cost.micro_usd > 0);
     let records = s.sink.records("run-1");
     assert_eq!(records.last().unwrap().termination, Some(Termination::Completed));
+    // Each step's trace record carries the state diff it made, redacted:
+    // `amount` is allowlisted, `id` too; the e-mail of `fetch` is filtered.
+    let capture = records.iter().find(|r| r.tool.as_deref() == Some("pay.capture@1")).unwrap();
+    assert_eq!(
+        capture.state_diff,
+        Some(json!([{"op": "add", "path": "/capture", "value": {"id": "pi_1", "amount": 4200}}]))
+    );
+    let fetch = records.iter().find(|r| r.tool.as_deref() == Some("order.get@1")).unwrap();
+    assert_eq!(fetch.state_diff.as_ref().unwrap()[0]["value"]["email"], "[FILTERED]");
 }
 
 #[tokio::test]
