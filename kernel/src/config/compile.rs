@@ -89,6 +89,21 @@ fn duplicates(model: &Model, out: &mut Vec<Diagnostic>) {
                 steps.insert(&step.id, s);
             }
         }
+        // Branch targets: a step of the same workflow, or "end".
+        for (s, step) in wf.steps.iter().enumerate() {
+            for (key, target) in [("next", &step.next), ("on_error", &step.on_error)] {
+                let Some(target) = target else { continue };
+                if target != crate::workflow::END && !wf.steps.iter().any(|other| &other.id == target) {
+                    let ids: Vec<&str> = wf.steps.iter().map(|o| o.id.as_str()).collect();
+                    out.push(diag(
+                        invalid,
+                        format!("/workflows/{w}/steps/{s}/{key}"),
+                        format!("{key} \"{target}\" names no step of workflow {}", wf.id),
+                        Some(format!("use one of: {}, or \"end\"", ids.join(", "))),
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -458,6 +473,22 @@ steps = [
 
     fn line_of(s: &str, needle: &str) -> Option<usize> {
         s.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+    }
+
+    #[test]
+    fn p1_t28_branch_targets_must_name_a_step_or_end() {
+        let ok = with(
+            r#"{ id = "fetch", tool = "shop.order.get" }"#,
+            r#"{ id = "fetch", tool = "shop.order.get", next = "charge", on_error = "end" }"#,
+        );
+        assert!(check(&ok).is_ok(), "{:#?}", check(&ok).diagnostics);
+        let bad = with(
+            r#"{ id = "fetch", tool = "shop.order.get" }"#,
+            r#"{ id = "fetch", tool = "shop.order.get", on_error = "charg" }"#,
+        );
+        let d = only(&bad);
+        assert_eq!((d.code.as_str(), d.path.as_str()), ("CONFIG_INVALID", "/workflows/0/steps/0/on_error"));
+        assert!(d.fix.unwrap().contains("fetch, charge"));
     }
 
     #[test]
