@@ -85,7 +85,26 @@ impl fmt::Debug for CompiledSchema {
 pub struct SchemaViolation {
     /// JSON pointer to the offending value (`/items/0/sku`); empty for the root.
     pub path: String,
+    /// The schema keyword that failed (`type`, `required`, `additionalProperties`).
+    pub keyword: String,
+    /// For unknown fields: their names (keys, not values).
+    pub unexpected: Vec<String>,
+    /// The validator's full message. It quotes the offending value, which
+    /// may be customer data: never put it in a trace; [`SchemaViolation::summary`] is safe.
     pub message: String,
+}
+
+impl SchemaViolation {
+    /// Where and which rule failed, without the value: safe for traces and
+    /// errors. Unknown-field violations name the field (a key, not a value).
+    pub fn summary(&self) -> String {
+        let at = if self.path.is_empty() { "the top level" } else { self.path.as_str() };
+        if self.unexpected.is_empty() {
+            format!("{at} fails \"{}\"", self.keyword)
+        } else {
+            format!("{at} has unknown field(s) {}", self.unexpected.join(", "))
+        }
+    }
 }
 
 impl CompiledSchema {
@@ -103,7 +122,21 @@ impl CompiledSchema {
         let mut v: Vec<SchemaViolation> = self
             .validator
             .iter_errors(value)
-            .map(|e| SchemaViolation { path: e.instance_path().as_str().to_owned(), message: e.to_string() })
+            .map(|e| {
+                let unexpected = match e.kind() {
+                    jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected }
+                    | jsonschema::error::ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+                        unexpected.clone()
+                    }
+                    _ => Vec::new(),
+                };
+                SchemaViolation {
+                    path: e.instance_path().as_str().to_owned(),
+                    keyword: e.schema_path().as_str().rsplit('/').next().unwrap_or_default().to_owned(),
+                    unexpected,
+                    message: e.to_string(),
+                }
+            })
             .collect();
         v.sort_by(|a, b| (&a.path, &a.message).cmp(&(&b.path, &b.message)));
         v
@@ -265,6 +298,8 @@ mod tests {
         let v = c.input.violations(&json!({"amount": 100, "currency": "usd", "force": true}));
         assert_eq!(v.len(), 1);
         assert!(v[0].message.contains("force"), "{v:?}");
+        assert_eq!(v[0].keyword, "additionalProperties");
+        assert_eq!(v[0].summary(), "the top level has unknown field(s) force");
         let v = c.input.violations(&json!({"amount": 100, "currency": "usd", "meta": {"note": "x", "evil": 1}}));
         assert_eq!(v[0].path, "/meta");
     }
@@ -274,6 +309,7 @@ mod tests {
         let v = refund().input.violations(&json!({"amount": "100"}));
         let paths: Vec<&str> = v.iter().map(|x| x.path.as_str()).collect();
         assert_eq!(paths, vec!["", "/amount"], "{v:?}");
+        assert_eq!(v[1].summary(), "/amount fails \"type\"");
     }
 
     #[test]

@@ -290,15 +290,11 @@ impl Executor {
         let violations = contract.input.violations(&input);
         if let Some(first) = violations.first() {
             Counters::bump(&self.counters.schema_reject_total);
-            let at = if first.path.is_empty() { "the input".to_owned() } else { first.path.clone() };
+            // The summary names path and rule, never the value (which may be
+            // customer data), so the error is safe for traces and logs.
             let e = Error::new(
                 ErrorCode::SchemaInvalid,
-                format!(
-                    "{} input rejected at {at}: {} ({} problem(s))",
-                    contract.id(),
-                    first.message,
-                    violations.len()
-                ),
+                format!("{} input rejected: {} ({} problem(s))", contract.id(), first.summary(), violations.len()),
             );
             return Err(self.reject(run, &contract.id(), &input, None, e).await);
         }
@@ -410,7 +406,7 @@ impl Executor {
             Counters::bump(&self.counters.output_schema_reject_total);
             Error::new(
                 ErrorCode::OutputSchemaInvalid,
-                format!("{} output rejected at {}: {}", contract.id(), first.path, first.message),
+                format!("{} output rejected: {}", contract.id(), first.summary()),
             )
         });
         let output = self.redact(&out.value, &mut rec);

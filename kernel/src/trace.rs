@@ -59,8 +59,10 @@ pub struct TracedError {
 }
 
 impl From<&Error> for TracedError {
+    /// The message goes through the redaction scanners: a tool's error text
+    /// (a provider's reply, say) may quote a key or an e-mail address.
     fn from(e: &Error) -> Self {
-        TracedError { code: e.code().as_str().to_owned(), message: e.message().to_owned() }
+        TracedError { code: e.code().as_str().to_owned(), message: crate::redaction::scrub(e.message()).0 }
     }
 }
 

@@ -214,6 +214,21 @@ async fn p1_t01_neg_invalid_input_is_rejected_before_execution_with_a_path() {
 }
 
 #[tokio::test]
+async fn p1_t35_schema_errors_name_path_and_rule_but_never_the_value() {
+    let f = fixture();
+    let mut run = f.exec.start(&ctx("acme"), "run-1", bounds(), json!({})).await.unwrap();
+    let err = f
+        .exec
+        .call(&mut run, "echo", "1", json!({"msg": ["ada@example.com", "sk_live_abcdefghijklmnop"]}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::SchemaInvalid);
+    assert!(err.message().contains("/msg") && err.message().contains("type"), "{}", err.message());
+    let all = format!("{} {}", err.message(), serde_json::to_string(&f.sink.all()).unwrap());
+    assert!(!all.contains("ada@example.com") && !all.contains("sk_live_abcdefghijklmnop"), "{all}");
+}
+
+#[tokio::test]
 async fn p1_t01_neg_unknown_field_is_rejected_before_execution() {
     let f = fixture();
     let mut run = f.exec.start(&ctx("acme"), "run-1", bounds(), json!({})).await.unwrap();
