@@ -3,11 +3,14 @@
 //!
 //! * [`cli`]: the command surface (clap).
 //! * `commands/`: one module per command.
+//! * [`gate`]: the deploy gate's arithmetic (Wilson lower bound, P0/P1
+//!   verdicts, flakes) and its input, nextest's JUnit report.
 //! * [`report`]: how results and errors are shown (human or JSON) and the
 //!   mapping of errors to exit codes.
 
 pub mod cli;
 mod commands;
+pub mod gate;
 pub mod report;
 
 use std::process::ExitCode;
