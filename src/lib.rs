@@ -3,11 +3,13 @@
 //!
 //! * [`cli`]: the command surface (clap).
 //! * `commands/`: one module per command.
+//! * [`evidence`]: signed gate evidence (in-toto statement, DSSE, Ed25519).
 //! * [`report`]: how results and errors are shown (human or JSON) and the
 //!   mapping of errors to exit codes.
 
 pub mod cli;
 mod commands;
+pub mod evidence;
 pub mod report;
 
 use std::process::ExitCode;
