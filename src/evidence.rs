@@ -380,9 +380,11 @@ pub fn generate_key() -> SigningKey {
     SigningKey::generate(&mut rand_core::OsRng)
 }
 
-/// The private key as PKCS#8 PEM (zeroized when dropped).
+/// The private key as PKCS#8 v1 PEM (RFC 8410, the seed only, no embedded
+/// public key, which OpenSSL 3.0 cannot read); zeroized when dropped.
 pub fn signing_key_to_pem(key: &SigningKey) -> zeroize::Zeroizing<String> {
-    key.to_pkcs8_pem(LineEnding::LF).expect("an Ed25519 key encodes as PKCS#8")
+    let bytes = ed25519_dalek::pkcs8::KeypairBytes { secret_key: key.to_bytes(), public_key: None };
+    bytes.to_pkcs8_pem(LineEnding::LF).expect("an Ed25519 key encodes as PKCS#8")
 }
 
 /// The public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
