@@ -20,6 +20,8 @@ Environment:
   AUTOBIZ_MASTER_KEY       master key for `secrets` (32 bytes, base64 or hex)
   AUTOBIZ_MASTER_KEY_FILE  file holding the master key (not beside the secrets)
   AUTOBIZ_SECRETS_FILE     same as `secrets --secrets-file`
+  AUTOBIZ_EVIDENCE_KEY     private key (PKCS#8 PEM file) that signs gate evidence
+  AUTOBIZ_EVIDENCE_PUBKEY  public key (SPKI PEM file) `deploy` verifies evidence with
   AUTOBIZ_LOG              log filter, e.g. `info` or `autobiz=debug` (stderr)
   NO_COLOR                 disables colour in logs
 
@@ -94,7 +96,7 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Verify gate evidence for this commit and config, then run the deploy step.
-    Deploy(PendingArgs),
+    Deploy(DeployArgs),
     /// The reviewed list of quarantined tests.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -161,8 +163,41 @@ pub enum TraceCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Write DIR/evidence.key and DIR/evidence.pub.
-    Generate(PendingArgs),
+    /// Write a new Ed25519 key pair: DIR/evidence.key (private, PKCS#8 PEM,
+    /// mode 0600; for AUTOBIZ_EVIDENCE_KEY) and DIR/evidence.pub (public,
+    /// SPKI PEM; for AUTOBIZ_EVIDENCE_PUBKEY). Prints the keyid (hex SHA-256
+    /// of the raw public key) and the paths, never the private key.
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    /// Directory for the key files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace existing key files (without it, existing files are an error, exit 2).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `autobiz deploy`: no flag skips a check.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Checks, in order (the first that fails stops the deploy, exit 1):
+  the envelope's Ed25519 signature verifies with the public key in the PEM
+  file named by AUTOBIZ_EVIDENCE_PUBKEY (required; exit 2 when unset);
+  the statement's commit is `git rev-parse HEAD` of the current directory
+  (not a git checkout: exit 2); its config digest is the hash of --config;
+  predicate.verdict is \"pass\".
+Then CMD runs with the terminal's stdin, stdout and stderr, and autobiz exits
+with CMD's exit code (3 when it cannot start). Without CMD: `evidence verified`.")]
+pub struct DeployArgs {
+    /// The gate evidence: a DSSE envelope (JSON) holding a signed in-toto statement.
+    #[arg(long, value_name = "FILE")]
+    pub evidence: PathBuf,
+    /// The deploy step, after `--`: run only when every check passes.
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

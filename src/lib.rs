@@ -5,11 +5,13 @@
 //! * `commands/`: one module per command.
 //! * [`gate`]: the deploy gate's arithmetic (Wilson lower bound, P0/P1
 //!   verdicts, flakes) and its input, nextest's JUnit report.
+//! * [`evidence`]: signed gate evidence (in-toto statement, DSSE, Ed25519).
 //! * [`report`]: how results and errors are shown (human or JSON) and the
 //!   mapping of errors to exit codes.
 
 pub mod cli;
 mod commands;
+pub mod evidence;
 pub mod gate;
 pub mod report;
 

@@ -56,6 +56,22 @@ impl From<autobiz_kernel::Error> for CliError {
     }
 }
 
+/// Evidence failures: a verification that said no exits 1; an unusable key
+/// is bad input and exits 2.
+impl From<crate::evidence::EvidenceError> for CliError {
+    fn from(e: crate::evidence::EvidenceError) -> Self {
+        use crate::evidence::EvidenceCode;
+        let exit = match e.code() {
+            EvidenceCode::Malformed
+            | EvidenceCode::SignatureInvalid
+            | EvidenceCode::SubjectMismatch
+            | EvidenceCode::VerdictFail => exit::SAID_NO,
+            EvidenceCode::KeyInvalid => exit::BAD_INPUT,
+        };
+        CliError { code: e.code().as_str().to_owned(), message: e.message().to_owned(), exit }
+    }
+}
+
 /// Writes results in the chosen format.
 #[derive(Debug, Clone, Copy)]
 pub struct Reporter {

@@ -77,8 +77,6 @@ fn commands_of_later_releases_say_so_and_exit_2() {
         vec!["replay", "t.jsonl"],
         vec!["suite", "unit"],
         vec!["gate", "--runs", "3"],
-        vec!["keys", "generate", "--out", "k"],
-        vec!["deploy", "--evidence", "e.json", "--", "echo", "hi"],
         vec!["quarantine", "list"],
         vec!["trace-matrix"],
         vec!["soak", "--days", "7"],

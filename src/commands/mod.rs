@@ -3,6 +3,8 @@
 
 mod check;
 mod db;
+mod deploy;
+mod keys;
 mod secrets;
 mod trace;
 
@@ -25,8 +27,8 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Trace(cmd) => trace::run(global, cmd, reporter).await,
         Command::Suite(_) => not_yet("suite", "the test harness"),
         Command::Gate(_) => not_yet("gate", "the gate harness"),
-        Command::Keys(_) => not_yet("keys generate", "signed gate evidence"),
-        Command::Deploy(_) => not_yet("deploy", "signed gate evidence"),
+        Command::Keys(cmd) => keys::run(cmd, reporter),
+        Command::Deploy(args) => deploy::run(global, args, reporter),
         Command::Quarantine(_) => not_yet("quarantine", "flake detection and quarantine"),
         Command::TraceMatrix(_) => not_yet("trace-matrix", "the test catalogue"),
         Command::Soak(_) => not_yet("soak", "the soak harness"),
