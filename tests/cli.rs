@@ -2,36 +2,13 @@
 //! and the bad-input cases of the foundation (malformed URL, unreachable
 //! server, corrupted file, wrong master key).
 
+mod common;
+
 use std::path::Path;
 
-use assert_cmd::Command;
 use autobiz_testkit::TestDatabase;
+use common::{EXAMPLE, autobiz, json_of};
 use predicates::prelude::*;
-use serde_json::Value;
-
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop/autobiz.toml");
-
-/// The binary with a clean environment: no inherited AUTOBIZ_* settings.
-fn autobiz(dir: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("autobiz").unwrap();
-    cmd.current_dir(dir);
-    for var in [
-        "AUTOBIZ_DATABASE_URL",
-        "AUTOBIZ_CONFIG",
-        "AUTOBIZ_TENANT",
-        "AUTOBIZ_MASTER_KEY",
-        "AUTOBIZ_MASTER_KEY_FILE",
-        "AUTOBIZ_SECRETS_FILE",
-        "AUTOBIZ_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn json_of(out: &[u8]) -> Value {
-    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
-}
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 

@@ -5,35 +5,17 @@
 //! a key that `autobiz keys generate` made, about a commit of a temporary git
 //! repository holding the example config.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use autobiz::evidence::{self, Envelope, Statement};
 use autobiz_kernel::config::BusinessConfig;
+use common::{EXAMPLE, autobiz, json_of};
 use predicates::prelude::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use tempfile::TempDir;
-
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop/autobiz.toml");
-
-/// The binary with a clean environment: no inherited AUTOBIZ_* or GIT_* settings.
-fn autobiz(dir: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("autobiz").unwrap();
-    cmd.current_dir(dir);
-    for var in [
-        "AUTOBIZ_DATABASE_URL",
-        "AUTOBIZ_CONFIG",
-        "AUTOBIZ_TENANT",
-        "AUTOBIZ_LOG",
-        "AUTOBIZ_EVIDENCE_KEY",
-        "AUTOBIZ_EVIDENCE_PUBKEY",
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
@@ -118,10 +100,6 @@ impl Fixture {
     fn deploy_step(&self) -> [&'static str; 4] {
         ["--", "sh", "-c", "touch deployed"]
     }
-}
-
-fn json_of(out: &[u8]) -> Value {
-    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
 #[test]

@@ -1,0 +1,39 @@
+//! Helpers shared by the CLI's integration tests.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+/// The example business config shipped in the repository.
+pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/shop/autobiz.toml");
+
+/// The binary run in `dir` with a clean environment: no inherited AUTOBIZ_*
+/// or GIT_* settings can change what a test sees.
+pub fn autobiz(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("autobiz").unwrap();
+    cmd.current_dir(dir);
+    for var in [
+        "AUTOBIZ_DATABASE_URL",
+        "AUTOBIZ_CONFIG",
+        "AUTOBIZ_TENANT",
+        "AUTOBIZ_MASTER_KEY",
+        "AUTOBIZ_MASTER_KEY_FILE",
+        "AUTOBIZ_SECRETS_FILE",
+        "AUTOBIZ_LOG",
+        "AUTOBIZ_EVIDENCE_KEY",
+        "AUTOBIZ_EVIDENCE_PUBKEY",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Parse a command's stdout as JSON, or fail with what it printed.
+pub fn json_of(out: &[u8]) -> Value {
+    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
