@@ -213,6 +213,13 @@ mod tests {
         assert!(d.allowed);
         let d = a.permissions.check("job:closeout", "acme", "stripe.refund.create", "1", EXECUTE);
         assert!(!d.allowed);
+        let (exec, workflows) = a.into_executor(
+            RedactionPolicy::default(),
+            Arc::new(crate::trace::MemoryTraceSink::new()),
+            Arc::new(crate::clock::SystemClock),
+        );
+        assert_eq!(exec.registry().len(), 13);
+        assert_eq!(workflows.len(), 7);
     }
 
     #[test]

@@ -35,11 +35,6 @@ impl SideEffect {
             SideEffect::Notify => "NOTIFY",
         }
     }
-
-    /// Whether a call changes something outside the kernel.
-    pub fn has_side_effect(self) -> bool {
-        !matches!(self, SideEffect::Read)
-    }
 }
 
 /// What a call costs, in millionths of a US dollar so that sums are exact.
@@ -144,11 +139,6 @@ impl CompiledSchema {
 
     pub fn is_valid(&self, value: &Value) -> bool {
         self.validator.is_valid(value)
-    }
-
-    /// The schema as enforced (after closing objects).
-    pub fn source(&self) -> &Value {
-        &self.source
     }
 }
 
@@ -259,10 +249,6 @@ impl ToolRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.tools.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &ToolContract> {
-        self.tools.values()
     }
 }
 

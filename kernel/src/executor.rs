@@ -130,7 +130,9 @@ impl Counters {
 /// Everything a run needs, assembled once (from a compiled business config).
 pub struct Executor {
     registry: ToolRegistry,
-    tools: BTreeMap<(String, String), Arc<dyn Tool>>,
+    /// Implementations by name, then version: looked up with the contract's
+    /// own strings, no allocation on the call path.
+    tools: BTreeMap<String, BTreeMap<String, Arc<dyn Tool>>>,
     permissions: PermissionEnforcer,
     loop_policy: LoopPolicy,
     redaction: RedactionPolicy,
@@ -216,7 +218,7 @@ impl Executor {
     /// Provide the implementation of a registered tool.
     pub fn bind(&mut self, name: &str, version: &str, tool: Arc<dyn Tool>) -> Result<()> {
         self.registry.lookup(name, version)?;
-        self.tools.insert((name.to_owned(), version.to_owned()), tool);
+        self.tools.entry(name.to_owned()).or_default().insert(version.to_owned(), tool);
         Ok(())
     }
 
@@ -333,7 +335,7 @@ impl Executor {
         decision: Decision,
         state_key: Option<&str>,
     ) -> Result<Value> {
-        let Some(tool) = self.tools.get(&(contract.name.clone(), contract.version.clone())).cloned() else {
+        let Some(tool) = self.tools.get(&contract.name).and_then(|v| v.get(&contract.version)).cloned() else {
             let e = Error::new(
                 ErrorCode::ToolUnknown,
                 format!("tool {} is declared but has no implementation", contract.id()),

@@ -108,10 +108,6 @@ impl PermissionEnforcer {
             scope,
         }
     }
-
-    pub fn scopes(&self) -> &[Scope] {
-        &self.scopes
-    }
 }
 
 #[cfg(test)]

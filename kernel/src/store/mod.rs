@@ -125,10 +125,6 @@ impl Store {
         &self.url
     }
 
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
     /// Begin a transaction bound to `ctx`'s tenant.
     pub async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx> {
         let inner = match &self.pool {
