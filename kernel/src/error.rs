@@ -25,7 +25,7 @@ pub enum ErrorClass {
 }
 
 /// Stable error codes. Serialized as `SCREAMING_SNAKE_CASE`; never renamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -60,6 +60,41 @@ pub enum ErrorCode {
     TraceWriteFailed,
     RunTerminated,
     ApprovalRequired,
+    RunTransitionInvalid,
+    TranscriptIo,
+    TranscriptCorrupt,
+    TranscriptTruncated,
+    TranscriptVersionUnsupported,
+    ReplayConfigMismatch,
+    ReplayDiverged,
+    StatePatchInvalid,
+    IdempotencyKeyReused,
+    InProgress,
+    IdempotencyClaimLost,
+    ReceiptInvalid,
+    ReceiptImmutable,
+    ToolBlocked,
+    ReceiptWriteFailed,
+    RunNotFound,
+    HitlConditionInvalid,
+    HitlNotFound,
+    HitlAlreadyDecided,
+    HitlApproverNotAllowed,
+    HitlExpired,
+    NotifyFailed,
+    CircuitOpen,
+    BreakerNotFound,
+    ProviderDeclined,
+    ProviderRejected,
+    ProviderAuthFailed,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    ProviderNotFound,
+    ProviderBadResponse,
+    ProviderIdempotencyConflict,
+    SandboxLiveKeyRefused,
+    SandboxHostRefused,
+    SandboxRecipientRefused,
 }
 
 impl ErrorCode {
@@ -97,22 +132,107 @@ impl ErrorCode {
             ErrorCode::TraceWriteFailed => "TRACE_WRITE_FAILED",
             ErrorCode::RunTerminated => "RUN_TERMINATED",
             ErrorCode::ApprovalRequired => "APPROVAL_REQUIRED",
+            ErrorCode::RunTransitionInvalid => "RUN_TRANSITION_INVALID",
+            ErrorCode::TranscriptIo => "TRANSCRIPT_IO",
+            ErrorCode::TranscriptCorrupt => "TRANSCRIPT_CORRUPT",
+            ErrorCode::TranscriptTruncated => "TRANSCRIPT_TRUNCATED",
+            ErrorCode::TranscriptVersionUnsupported => "TRANSCRIPT_VERSION_UNSUPPORTED",
+            ErrorCode::ReplayConfigMismatch => "REPLAY_CONFIG_MISMATCH",
+            ErrorCode::ReplayDiverged => "REPLAY_DIVERGED",
+            ErrorCode::StatePatchInvalid => "STATE_PATCH_INVALID",
+            ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ErrorCode::InProgress => "IN_PROGRESS",
+            ErrorCode::IdempotencyClaimLost => "IDEMPOTENCY_CLAIM_LOST",
+            ErrorCode::ReceiptInvalid => "RECEIPT_INVALID",
+            ErrorCode::ReceiptImmutable => "RECEIPT_IMMUTABLE",
+            ErrorCode::ToolBlocked => "TOOL_BLOCKED",
+            ErrorCode::ReceiptWriteFailed => "RECEIPT_WRITE_FAILED",
+            ErrorCode::RunNotFound => "RUN_NOT_FOUND",
+            ErrorCode::HitlConditionInvalid => "HITL_CONDITION_INVALID",
+            ErrorCode::HitlNotFound => "HITL_NOT_FOUND",
+            ErrorCode::HitlAlreadyDecided => "HITL_ALREADY_DECIDED",
+            ErrorCode::HitlApproverNotAllowed => "HITL_APPROVER_NOT_ALLOWED",
+            ErrorCode::HitlExpired => "HITL_EXPIRED",
+            ErrorCode::NotifyFailed => "NOTIFY_FAILED",
+            ErrorCode::CircuitOpen => "CIRCUIT_OPEN",
+            ErrorCode::BreakerNotFound => "BREAKER_NOT_FOUND",
+            ErrorCode::ProviderDeclined => "PROVIDER_DECLINED",
+            ErrorCode::ProviderRejected => "PROVIDER_REJECTED",
+            ErrorCode::ProviderAuthFailed => "PROVIDER_AUTH_FAILED",
+            ErrorCode::ProviderRateLimited => "PROVIDER_RATE_LIMITED",
+            ErrorCode::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
+            ErrorCode::ProviderNotFound => "PROVIDER_NOT_FOUND",
+            ErrorCode::ProviderBadResponse => "PROVIDER_BAD_RESPONSE",
+            ErrorCode::ProviderIdempotencyConflict => "PROVIDER_IDEMPOTENCY_CONFLICT",
+            ErrorCode::SandboxLiveKeyRefused => "SANDBOX_LIVE_KEY_REFUSED",
+            ErrorCode::SandboxHostRefused => "SANDBOX_HOST_REFUSED",
+            ErrorCode::SandboxRecipientRefused => "SANDBOX_RECIPIENT_REFUSED",
         }
+    }
+
+    /// The code named by its stable string (`"TOOL_TIMEOUT"`), as read back
+    /// from a trace or transcript.
+    pub fn from_code(code: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(code.to_owned())).ok()
     }
 
     /// The class of every error with this code.
     pub fn class(self) -> ErrorClass {
         use ErrorCode::*;
         match self {
-            TenantForbidden | StateConflict | SecretVersionExpired | ToolUnknown | SchemaInvalid
-            | OutputSchemaInvalid | PermissionDenied | BoundExceeded | LoopDetected | RunTerminated
-            | ApprovalRequired => ErrorClass::Refused,
-            InvalidInput | DatabaseUrlInvalid | StoreNotMigrated | StoreRoleUnsafe | MasterKeyMissing
-            | MasterKeyInvalid | SecretNotFound | ConfigIo | ConfigParse | ConfigInvalid | ToolSchemaInvalid => {
-                ErrorClass::Input
-            }
+            TenantForbidden
+            | StateConflict
+            | SecretVersionExpired
+            | ToolUnknown
+            | SchemaInvalid
+            | OutputSchemaInvalid
+            | PermissionDenied
+            | BoundExceeded
+            | LoopDetected
+            | RunTerminated
+            | ApprovalRequired
+            | ReplayDiverged
+            | IdempotencyKeyReused
+            | InProgress
+            | IdempotencyClaimLost
+            | ReceiptImmutable
+            | ToolBlocked
+            | HitlAlreadyDecided
+            | HitlApproverNotAllowed
+            | HitlExpired
+            | ProviderDeclined
+            | ProviderRejected
+            | ProviderIdempotencyConflict
+            | SandboxLiveKeyRefused
+            | SandboxHostRefused
+            | SandboxRecipientRefused => ErrorClass::Refused,
+            InvalidInput
+            | DatabaseUrlInvalid
+            | StoreNotMigrated
+            | StoreRoleUnsafe
+            | MasterKeyMissing
+            | MasterKeyInvalid
+            | SecretNotFound
+            | ConfigIo
+            | ConfigParse
+            | ConfigInvalid
+            | ToolSchemaInvalid
+            | TranscriptCorrupt
+            | TranscriptTruncated
+            | TranscriptVersionUnsupported
+            | ReplayConfigMismatch
+            | StatePatchInvalid
+            | ReceiptInvalid
+            | RunNotFound
+            | HitlConditionInvalid
+            | HitlNotFound
+            | BreakerNotFound
+            | ProviderNotFound
+            | ProviderAuthFailed => ErrorClass::Input,
             StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo
-            | ToolTimeout | ToolFailed | TraceWriteFailed => ErrorClass::Infrastructure,
+            | ToolTimeout | ToolFailed | TraceWriteFailed | RunTransitionInvalid | TranscriptIo
+            | ReceiptWriteFailed | NotifyFailed | CircuitOpen | ProviderRateLimited | ProviderUnavailable
+            | ProviderBadResponse => ErrorClass::Infrastructure,
         }
     }
 }
@@ -169,6 +289,7 @@ mod tests {
         for code in [ErrorCode::TenantForbidden, ErrorCode::StoreRoleUnsafe, ErrorCode::ConfigInvalid] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));
+            assert_eq!(ErrorCode::from_code(code.as_str()), Some(code));
         }
     }
 

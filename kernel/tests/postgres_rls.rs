@@ -13,6 +13,10 @@ fn ctx(tenant: &str) -> TenantContext {
     TenantContext::new(tenant.parse().unwrap(), Principal::new("test"), CorrelationId::new("c"))
 }
 
+fn patch(ops: serde_json::Value) -> autobiz_kernel::state::Patch {
+    serde_json::from_value(ops).unwrap()
+}
+
 fn url(s: &str) -> DatabaseUrl {
     s.parse().unwrap()
 }
@@ -27,11 +31,14 @@ async fn seeded() -> TestDatabase {
         store.register_tenant(&ctx(tenant), tenant).await.unwrap();
         for n in 0..3 {
             let e: EntityId = format!("{tenant}/order/{n}").parse().unwrap();
-            store.append_state(&ctx(tenant), &e, 0, &json!({"tenant": tenant})).await.unwrap();
+            store
+                .apply_patch(&ctx(tenant), &e, 0, &patch(json!([{"op": "add", "path": "/tenant", "value": tenant}])))
+                .await
+                .unwrap();
         }
     }
     // One security event for acme (a refused read of globex's order).
-    let _ = store.latest_state(&ctx("acme"), &"globex/order/0".parse().unwrap()).await;
+    let _ = store.state(&ctx("acme"), &"globex/order/0".parse().unwrap()).await;
     store.close().await;
     db
 }

@@ -37,10 +37,16 @@ fn ctx(tenant: &str) -> TenantContext {
     )
 }
 
+/// A patch that sets the whole state to `value`.
+fn set(value: serde_json::Value) -> autobiz_kernel::state::Patch {
+    serde_json::from_value(json!([{"op": "add", "path": "", "value": value}])).unwrap()
+}
+
 fn url(s: &str) -> DatabaseUrl {
     s.parse().unwrap()
 }
 
+/// Every embedded migration version, ascending (the same on both backends).
 /// Migrate as the owner, then open as the kernel role.
 async fn migrated(db: &TestDatabase) -> Store {
     Store::open_admin(&url(db.admin_url())).await.unwrap().migrate().await.unwrap();
@@ -72,14 +78,25 @@ fn migrations_stay_in_step_across_backends() {
     }
 }
 
+/// Every embedded migration version, oldest first.
+fn known_versions(backend: autobiz_testkit::Backend) -> Vec<i64> {
+    let backend = match backend {
+        autobiz_testkit::Backend::Sqlite => Backend::Sqlite,
+        autobiz_testkit::Backend::Postgres => Backend::Postgres,
+    };
+    migrator(backend).iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect()
+}
+
 async fn fresh_migrate_then_again_is_a_noop(db: TestDatabase) {
+    let known = known_versions(db.backend());
+    let latest = *known.last().unwrap();
     let admin = Store::open_admin(&url(db.admin_url())).await.unwrap();
     let first = admin.migrate().await.unwrap();
-    assert_eq!(first.changed, vec![1]);
-    assert_eq!(first.current, 1);
+    assert_eq!(first.changed, known);
+    assert_eq!(first.current, latest);
     let second = admin.migrate().await.unwrap();
     assert!(second.changed.is_empty(), "second migrate must be a no-op: {second:?}");
-    assert_eq!(second.current, 1);
+    assert_eq!(second.current, latest);
     assert!(admin.migration_status().await.unwrap().iter().all(|m| m.applied));
 }
 both!(p1_t31_fresh_migrate_then_again_is_a_noop, fresh_migrate_then_again_is_a_noop);
@@ -139,14 +156,15 @@ async fn tables_have_tenant_id_audit_columns_and_indexes(db: TestDatabase) {
 both!(p1_t31_tables_have_tenant_id_audit_columns_and_indexes, tables_have_tenant_id_audit_columns_and_indexes);
 
 async fn downgrade_to_zero_then_migrate_again(db: TestDatabase) {
+    let known = known_versions(db.backend());
     let admin = Store::open_admin(&url(db.admin_url())).await.unwrap();
     admin.migrate().await.unwrap();
     let down = admin.downgrade(0).await.unwrap();
-    assert_eq!(down.changed, vec![1]);
+    assert_eq!(down.changed, known.iter().rev().copied().collect::<Vec<_>>());
     assert_eq!(down.current, 0);
     assert!(admin.migration_status().await.unwrap().iter().all(|m| !m.applied));
     let up = admin.migrate().await.unwrap();
-    assert_eq!(up.changed, vec![1]);
+    assert_eq!(up.changed, known);
     // The schema works after the round trip.
     let store = Store::open(&url(db.kernel_url())).await.unwrap();
     store.register_tenant(&ctx("acme"), "Acme").await.unwrap();
@@ -158,9 +176,9 @@ both!(downgrade_to_zero_then_migrate_again_restores_a_working_schema, downgrade_
 async fn cross_tenant_read_is_refused_and_recorded(db: TestDatabase) {
     let store = migrated(&db).await;
     let order: EntityId = "acme/order/1001".parse().unwrap();
-    store.append_state(&ctx("acme"), &order, 0, &json!({"status": "paid", "card_last4": "4242"})).await.unwrap();
+    store.apply_patch(&ctx("acme"), &order, 0, &set(json!({"status": "paid", "card_last4": "4242"}))).await.unwrap();
 
-    let err = store.latest_state(&ctx("globex"), &order).await.unwrap_err();
+    let err = store.state(&ctx("globex"), &order).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::TenantForbidden);
     assert!(!err.message().contains("4242"), "nothing of the row may leak: {}", err.message());
 
@@ -179,12 +197,12 @@ both!(p1_t31_cross_tenant_read_is_refused_and_recorded, cross_tenant_read_is_ref
 async fn cross_tenant_write_is_refused_and_changes_nothing(db: TestDatabase) {
     let store = migrated(&db).await;
     let order: EntityId = "acme/order/1001".parse().unwrap();
-    store.append_state(&ctx("acme"), &order, 0, &json!({"status": "paid"})).await.unwrap();
+    store.apply_patch(&ctx("acme"), &order, 0, &set(json!({"status": "paid"}))).await.unwrap();
 
-    let err = store.append_state(&ctx("globex"), &order, 1, &json!({"status": "refunded"})).await.unwrap_err();
+    let err = store.apply_patch(&ctx("globex"), &order, 1, &set(json!({"status": "refunded"}))).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::TenantForbidden);
 
-    let latest = store.latest_state(&ctx("acme"), &order).await.unwrap().unwrap();
+    let latest = store.state(&ctx("acme"), &order).await.unwrap().unwrap();
     assert_eq!(latest.version, 1);
     assert_eq!(latest.state, json!({"status": "paid"}));
     let events = store.security_events(&ctx("globex"), 10).await.unwrap();
@@ -197,24 +215,24 @@ async fn same_local_id_in_two_tenants_stays_separate(db: TestDatabase) {
     let store = migrated(&db).await;
     let a: EntityId = "acme/order/1".parse().unwrap();
     let g: EntityId = "globex/order/1".parse().unwrap();
-    store.append_state(&ctx("acme"), &a, 0, &json!({"owner": "acme"})).await.unwrap();
-    store.append_state(&ctx("globex"), &g, 0, &json!({"owner": "globex"})).await.unwrap();
-    assert_eq!(store.latest_state(&ctx("acme"), &a).await.unwrap().unwrap().state["owner"], "acme");
-    assert_eq!(store.latest_state(&ctx("globex"), &g).await.unwrap().unwrap().state["owner"], "globex");
-    assert_eq!(store.latest_state(&ctx("acme"), &a).await.unwrap().unwrap().correlation_id, "corr-acme");
+    store.apply_patch(&ctx("acme"), &a, 0, &set(json!({"owner": "acme"}))).await.unwrap();
+    store.apply_patch(&ctx("globex"), &g, 0, &set(json!({"owner": "globex"}))).await.unwrap();
+    assert_eq!(store.state(&ctx("acme"), &a).await.unwrap().unwrap().state["owner"], "acme");
+    assert_eq!(store.state(&ctx("globex"), &g).await.unwrap().unwrap().state["owner"], "globex");
+    assert_eq!(store.state(&ctx("acme"), &a).await.unwrap().unwrap().correlation_id, "corr-acme");
 }
 both!(p1_t34_same_local_id_in_two_tenants_stays_separate, same_local_id_in_two_tenants_stays_separate);
 
 async fn stale_and_concurrent_state_writes_conflict(db: TestDatabase) {
     let store = migrated(&db).await;
     let e: EntityId = "acme/order/7".parse().unwrap();
-    assert_eq!(store.append_state(&ctx("acme"), &e, 0, &json!({"v": 1})).await.unwrap(), 1);
+    assert_eq!(store.apply_patch(&ctx("acme"), &e, 0, &set(json!({"v": 1}))).await.unwrap().version, 1);
     assert_eq!(
-        store.append_state(&ctx("acme"), &e, 0, &json!({"v": "stale"})).await.unwrap_err().code(),
+        store.apply_patch(&ctx("acme"), &e, 0, &set(json!({"v": "stale"}))).await.unwrap_err().code(),
         ErrorCode::StateConflict
     );
     assert_eq!(
-        store.append_state(&ctx("acme"), &e, 5, &json!({"v": "ahead"})).await.unwrap_err().code(),
+        store.apply_patch(&ctx("acme"), &e, 5, &set(json!({"v": "ahead"}))).await.unwrap_err().code(),
         ErrorCode::StateConflict
     );
     // Eight writers race for version 2: exactly one wins.
@@ -222,20 +240,22 @@ async fn stale_and_concurrent_state_writes_conflict(db: TestDatabase) {
     for i in 0..8 {
         let store = store.clone();
         let e = e.clone();
-        tasks.push(tokio::spawn(async move { store.append_state(&ctx("acme"), &e, 1, &json!({"writer": i})).await }));
+        tasks.push(tokio::spawn(
+            async move { store.apply_patch(&ctx("acme"), &e, 1, &set(json!({"writer": i}))).await },
+        ));
     }
     let mut wins = 0;
     for t in tasks {
         match t.await.unwrap() {
             Ok(v) => {
-                assert_eq!(v, 2);
+                assert_eq!(v.version, 2);
                 wins += 1;
             }
             Err(err) => assert_eq!(err.code(), ErrorCode::StateConflict, "{}", err.message()),
         }
     }
     assert_eq!(wins, 1);
-    assert_eq!(store.latest_state(&ctx("acme"), &e).await.unwrap().unwrap().version, 2);
+    assert_eq!(store.state(&ctx("acme"), &e).await.unwrap().unwrap().version, 2);
 }
 both!(stale_and_concurrent_state_writes_conflict, stale_and_concurrent_state_writes_conflict);
 

@@ -124,6 +124,25 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Generate `NAME::sqlite` and `NAME::postgres` from one async test body
+/// taking a [`TestDatabase`], so every store test runs on both backends.
+/// The calling crate needs `tokio` with the `macros` feature.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::TestDatabase::sqlite()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::TestDatabase::postgres().await).await;
+            }
+        }
+    };
+}
+
 /// `AUTOBIZ_TEST_DATABASE_URL` or the default.
 pub fn server_url() -> String {
     std::env::var("AUTOBIZ_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.to_owned())

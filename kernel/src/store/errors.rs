@@ -15,12 +15,16 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Map a driver error met while trying to `doing` something.
-pub(crate) fn map(e: sqlx::Error, doing: &str) -> Error {
+/// Map a driver error met while trying to `doing` something. Public (as
+/// `store::driver_error`) for code and tests that run their own SQL and want
+/// the kernel's codes for what the database refused.
+pub fn map(e: sqlx::Error, doing: &str) -> Error {
     let (code, why) = match &e {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            let kind = if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+            let kind = if is_receipt_refusal(&code, db.message()) {
+                ErrorCode::ReceiptImmutable
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 sqlite_code(&code)
             } else {
                 postgres_code(&code)
@@ -36,6 +40,15 @@ pub(crate) fn map(e: sqlx::Error, doing: &str) -> Error {
         _ => (ErrorCode::StoreUnavailable, e.to_string()),
     };
     Error::new(code, format!("cannot {doing}: {why}")).with_source(e)
+}
+
+/// The database refused to change a receipt: the immutability trigger (both
+/// backends raise `receipts are immutable`; PostgreSQL with SQLSTATE AB001),
+/// or on PostgreSQL the missing UPDATE/DELETE privilege of the kernel role.
+fn is_receipt_refusal(code: &str, message: &str) -> bool {
+    code == "AB001"
+        || message.contains("receipts are immutable")
+        || (code == "42501" && message.contains("table receipts"))
 }
 
 /// SQLite reports extended result codes; the primary code is the low byte.
@@ -71,6 +84,15 @@ mod tests {
         assert_eq!(sqlite_code("1032"), ErrorCode::StoreIo);
         assert_eq!(sqlite_code("2067"), ErrorCode::StateConflict);
         assert_eq!(sqlite_code("5"), ErrorCode::StoreUnavailable);
+    }
+
+    #[test]
+    fn receipt_refusals() {
+        assert!(is_receipt_refusal("AB001", "anything"));
+        assert!(is_receipt_refusal("1811", "receipts are immutable"));
+        assert!(is_receipt_refusal("42501", "permission denied for table receipts"));
+        assert!(!is_receipt_refusal("42501", "permission denied for table traces"));
+        assert!(!is_receipt_refusal("2067", "UNIQUE constraint failed"));
     }
 
     #[test]

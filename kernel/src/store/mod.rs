@@ -19,8 +19,12 @@
 //! before any query runs, and the attempt is written to `security_events`.
 
 mod errors;
+mod idempotency;
 mod migrate;
+mod receipts;
 mod records;
+mod runs;
+mod state;
 mod url;
 
 use std::sync::Arc;
@@ -31,12 +35,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorCode, Result};
+use crate::idempotency::IdempotencyStats;
 use crate::tenant::TenantContext;
 
+pub use crate::state::StateVersion;
 pub use errors::is_unique_violation;
+pub use errors::map as driver_error;
 pub(crate) use errors::map as map_error;
 pub use migrate::{MigrationState, MigrationSummary, migrator};
-pub use records::{AuditEvent, AuditRecord, SecurityEvent, SecurityRecord, StateVersion, TenantRecord};
+pub use records::{AuditEvent, AuditRecord, SecurityEvent, SecurityRecord, TenantRecord};
+pub use runs::{NewRun, RunRecord};
 pub use url::{Backend, DEFAULT_DATABASE_URL, DatabaseUrl};
 
 /// The PostgreSQL role the kernel runs as; created by the first migration.
@@ -55,6 +63,9 @@ pub const TENANT_TABLES: &[&str] = &[
     "idempotency_keys",
     "security_events",
     "audit_events",
+    "tool_blocks",
+    "runs",
+    "circuit_breakers",
 ];
 
 #[derive(Clone)]
@@ -69,6 +80,7 @@ pub struct Store {
     pool: Pool,
     url: DatabaseUrl,
     clock: Arc<dyn Clock>,
+    idempotency: Arc<IdempotencyStats>,
 }
 
 impl std::fmt::Debug for Store {
@@ -114,7 +126,7 @@ impl Store {
             Backend::Sqlite => Pool::Sqlite(connect_sqlite(url).await?),
             Backend::Postgres => Pool::Postgres(connect_postgres(url).await?),
         };
-        Ok(Store { pool, url: url.clone(), clock })
+        Ok(Store { pool, url: url.clone(), clock, idempotency: Arc::default() })
     }
 
     pub fn backend(&self) -> Backend {
@@ -123,6 +135,20 @@ impl Store {
 
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
+    }
+
+    /// The store's clock reading, the time every row it writes carries, at
+    /// the precision both backends store (PostgreSQL keeps microseconds), so
+    /// what a write returns equals what a read gets.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        use chrono::SubsecRound;
+        self.clock.now().trunc_subsecs(6)
+    }
+
+    /// The idempotency decisions of this store and its clones so far
+    /// (`idempotency_hit_total`, `idempotency_miss_total`, ...).
+    pub fn idempotency_stats(&self) -> &IdempotencyStats {
+        &self.idempotency
     }
 
     /// Begin a transaction bound to `ctx`'s tenant.

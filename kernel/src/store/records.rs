@@ -1,16 +1,13 @@
-//! Tenant-scoped records: the tenant registry, versioned entity state, and the
-//! security and audit logs.
+//! Tenant-scoped records: the tenant registry and the security and audit
+//! logs (versioned state is in `state.rs`).
 //!
 //! Every statement here names `tenant_id = $1` with the context's tenant: that
 //! filter is SQLite's only isolation and PostgreSQL's second line behind RLS.
 
+use super::{Store, TenantTx, errors, on_tx};
+use crate::error::Result;
+use crate::tenant::{TenantContext, TenantId};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::types::Json;
-
-use super::{Store, errors, on_tx};
-use crate::error::{Error, ErrorCode, Result};
-use crate::tenant::{EntityId, TenantContext, TenantId};
 
 /// A registered tenant.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -18,16 +15,6 @@ pub struct TenantRecord {
     pub tenant_id: String,
     pub display_name: String,
     pub status: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// One version of an entity's state.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StateVersion {
-    pub entity_id: String,
-    pub version: i64,
-    pub state: Value,
-    pub correlation_id: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -111,78 +98,6 @@ impl Store {
             tenant_id,
             display_name,
             status,
-            created_at,
-        }))
-    }
-
-    /// Append version `expected_version + 1` of `entity`'s state. Fails with
-    /// `STATE_CONFLICT` (and writes nothing) unless `expected_version` is the
-    /// latest version (0 for a new entity); two concurrent writers of the same
-    /// version cannot both succeed (unique key).
-    pub async fn append_state(
-        &self,
-        ctx: &TenantContext,
-        entity: &EntityId,
-        expected_version: i64,
-        state: &Value,
-    ) -> Result<i64> {
-        self.authorize(ctx, entity.tenant(), &entity.to_string(), "write").await?;
-        let now = self.clock.now();
-        let next = expected_version + 1;
-        let mut tx = self.begin(ctx).await?;
-        let inserted = on_tx!(tx, c => sqlx::query(
-            "INSERT INTO state_versions (tenant_id, entity_id, version, state, correlation_id, created_at, updated_at)
-             SELECT $1, $2, $3, $4, $5, $6, $6
-              WHERE (SELECT COALESCE(MAX(version), 0) FROM state_versions
-                      WHERE tenant_id = $1 AND entity_id = $2) = $7",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(entity.to_string())
-        .bind(next)
-        .bind(Json(state))
-        .bind(ctx.correlation_id().as_str())
-        .bind(now)
-        .bind(expected_version)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()));
-        let conflict = || {
-            Error::new(
-                ErrorCode::StateConflict,
-                format!("state of {entity} changed since version {expected_version}: reload and retry"),
-            )
-        };
-        match inserted {
-            Ok(1) => {
-                tx.commit().await?;
-                Ok(next)
-            }
-            Ok(_) => Err(conflict()),
-            Err(e) if errors::is_unique_violation(&e) => Err(conflict()),
-            Err(e) => Err(errors::map(e, "write state")),
-        }
-    }
-
-    /// The latest version of `entity`'s state, if any.
-    pub async fn latest_state(&self, ctx: &TenantContext, entity: &EntityId) -> Result<Option<StateVersion>> {
-        self.authorize(ctx, entity.tenant(), &entity.to_string(), "read").await?;
-        let mut tx = self.begin(ctx).await?;
-        type Row = (String, i64, Json<Value>, String, DateTime<Utc>);
-        let row: Option<Row> = on_tx!(tx, c => sqlx::query_as(
-            "SELECT entity_id, version, state, correlation_id, created_at FROM state_versions
-              WHERE tenant_id = $1 AND entity_id = $2 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(entity.to_string())
-        .fetch_optional(&mut *c)
-        .await)
-        .map_err(|e| errors::map(e, "read state"))?;
-        tx.commit().await?;
-        Ok(row.map(|(entity_id, version, Json(state), correlation_id, created_at)| StateVersion {
-            entity_id,
-            version,
-            state,
-            correlation_id,
             created_at,
         }))
     }
@@ -272,23 +187,20 @@ impl Store {
     pub async fn record_audit(&self, ctx: &TenantContext, event: &AuditEvent) -> Result<()> {
         let now = self.clock.now();
         let mut tx = self.begin(ctx).await?;
-        on_tx!(tx, c => sqlx::query(
-            "INSERT INTO audit_events
-               (tenant_id, principal, correlation_id, action, resource, outcome, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(ctx.principal().as_str())
-        .bind(ctx.correlation_id().as_str())
-        .bind(&event.action)
-        .bind(&event.resource)
-        .bind(&event.outcome)
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| errors::map(e, "record an audit event"))?;
+        insert_audit(&mut tx, ctx, event, now).await?;
         tx.commit().await
+    }
+
+    /// Write an audit event inside `tx`, so that it commits (or not) with
+    /// the change it records: a decision without its audit entry cannot
+    /// exist.
+    pub(crate) async fn record_audit_in(
+        tx: &mut super::TenantTx,
+        ctx: &TenantContext,
+        event: &AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        insert_audit(tx, ctx, event, now).await
     }
 
     /// The newest audit events of `ctx`'s tenant, newest first.
@@ -316,4 +228,30 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Write an audit event inside `tx`, so it commits or rolls back with the
+/// change it records.
+pub(super) async fn insert_audit(
+    tx: &mut TenantTx,
+    ctx: &TenantContext,
+    event: &AuditEvent,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    on_tx!(tx, c => sqlx::query(
+        "INSERT INTO audit_events
+           (tenant_id, principal, correlation_id, action, resource, outcome, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+    )
+    .bind(ctx.tenant().as_str())
+    .bind(ctx.principal().as_str())
+    .bind(ctx.correlation_id().as_str())
+    .bind(&event.action)
+    .bind(&event.resource)
+    .bind(&event.outcome)
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map(|_| ()))
+    .map_err(|e| errors::map(e, "record an audit event"))
 }

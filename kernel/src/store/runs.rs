@@ -1,0 +1,169 @@
+//! The run index: which runs exist, their status, where their transcript
+//! is. The run's state is the versioned entity `<tenant>/run/<run_id>`
+//! ([`Store::apply_patch`]); this table lets a restarted process find the
+//! runs it must resume without reading every state.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{Store, errors, on_tx};
+use crate::error::{Error, ErrorCode, Result};
+use crate::run::RunStatus;
+use crate::tenant::TenantContext;
+
+/// One row of the run index.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub workflow: String,
+    pub status: String,
+    pub principal: String,
+    pub config_hash: String,
+    pub event: Value,
+    pub pins: Value,
+    pub transcript: Option<String>,
+    pub waiting_for: Option<String>,
+    pub termination: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Json<Value>,
+    Json<Value>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+const COLUMNS: &str = "run_id, workflow, status, principal, config_hash, event, pins, transcript, waiting_for, \
+                       termination, created_at, updated_at";
+
+fn record(r: Row) -> RunRecord {
+    RunRecord {
+        run_id: r.0,
+        workflow: r.1,
+        status: r.2,
+        principal: r.3,
+        config_hash: r.4,
+        event: r.5.0,
+        pins: r.6.0,
+        transcript: r.7,
+        waiting_for: r.8,
+        termination: r.9,
+        created_at: r.10,
+        updated_at: r.11,
+    }
+}
+
+/// A run to register.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub run_id: &'a str,
+    pub workflow: &'a str,
+    pub config_hash: &'a str,
+    pub event: &'a Value,
+    pub pins: &'a Value,
+    pub transcript: Option<&'a str>,
+}
+
+impl Store {
+    /// Register a new run (status RUNNING). A run id already in use is
+    /// `STATE_CONFLICT`: run ids are never reused.
+    pub async fn create_run(&self, ctx: &TenantContext, run: &NewRun<'_>) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.begin(ctx).await?;
+        let inserted = on_tx!(tx, c => sqlx::query(
+            "INSERT INTO runs (tenant_id, run_id, workflow, status, principal, config_hash, event, pins, transcript,
+                               created_at, updated_at)
+             VALUES ($1, $2, $3, 'RUNNING', $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (tenant_id, run_id) DO NOTHING",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(run.run_id)
+        .bind(run.workflow)
+        .bind(ctx.principal().as_str())
+        .bind(run.config_hash)
+        .bind(Json(run.event))
+        .bind(Json(run.pins))
+        .bind(run.transcript)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, "register a run"))?;
+        if inserted != 1 {
+            return Err(Error::new(ErrorCode::StateConflict, format!("run id {} is already taken", run.run_id)));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record where a run is: its status, the approval it waits for, how
+    /// it ended.
+    pub async fn set_run_status(
+        &self,
+        ctx: &TenantContext,
+        run_id: &str,
+        status: RunStatus,
+        waiting_for: Option<&str>,
+        termination: Option<&str>,
+    ) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.begin(ctx).await?;
+        on_tx!(tx, c => sqlx::query(
+            "UPDATE runs SET status = $3, waiting_for = $4, termination = $5, updated_at = $6
+              WHERE tenant_id = $1 AND run_id = $2",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(run_id)
+        .bind(status.as_str())
+        .bind(waiting_for)
+        .bind(termination)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, "update a run"))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One run of `ctx`'s tenant.
+    pub async fn run_record(&self, ctx: &TenantContext, run_id: &str) -> Result<Option<RunRecord>> {
+        let sql = format!("SELECT {COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = $2");
+        let mut tx = self.begin(ctx).await?;
+        let row: Option<Row> = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ctx.tenant().as_str())
+            .bind(run_id)
+            .fetch_optional(&mut *c)
+            .await)
+        .map_err(|e| errors::map(e, "read a run"))?;
+        tx.commit().await?;
+        Ok(row.map(record))
+    }
+
+    /// Runs of `ctx`'s tenant, newest first; `unfinished` keeps only
+    /// RUNNING and WAITING_APPROVAL ones (the ones a restart resumes).
+    pub async fn run_records(&self, ctx: &TenantContext, unfinished: bool, limit: i64) -> Result<Vec<RunRecord>> {
+        let filter = if unfinished { "AND status IN ('RUNNING', 'WAITING_APPROVAL')" } else { "" };
+        let sql = format!("SELECT {COLUMNS} FROM runs WHERE tenant_id = $1 {filter} ORDER BY id DESC LIMIT $2");
+        let mut tx = self.begin(ctx).await?;
+        let rows: Vec<Row> = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ctx.tenant().as_str())
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await)
+        .map_err(|e| errors::map(e, "list runs"))?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+}
