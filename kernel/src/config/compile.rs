@@ -11,6 +11,7 @@
 //! | `CC-04` | every `FINANCIAL` tool has a HITL rule; no rule for one has `policy = "AUTO_APPROVE"` or `on_timeout = "PROCEED"` |
 //! | `TOOL_SCHEMA_INVALID` | a tool's `input_schema` / `output_schema` does not compile as a JSON Schema (no remote `$ref`) |
 //! | `CONFIG_INVALID` | duplicate tool (name + version), workflow id, or step id within a workflow |
+//! | `HITL_CONDITION_INVALID` | a HITL rule's `when` that does not parse, or does not type-check against the input schema of a tool the rule names (unknown field, a number compared with a string, not boolean); the message names the rule index, the column and what was expected |
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,8 @@ pub const CC03_SCOPES: &str = "CC-03";
 pub const CC04_FINANCIAL_HITL: &str = "CC-04";
 /// A tool's input or output schema is not a valid JSON Schema.
 pub const TOOL_SCHEMA_INVALID: &str = "TOOL_SCHEMA_INVALID";
+/// A HITL rule's `when` does not parse or does not type-check.
+pub const HITL_CONDITION_INVALID: &str = "HITL_CONDITION_INVALID";
 
 /// Run every compile check on `model`. Deterministic; diagnostics come in
 /// check order, without lines (the caller locates and sorts them).
@@ -39,6 +42,7 @@ pub fn compile(model: &Model) -> Vec<Diagnostic> {
     cc02_bounds(model, &mut out);
     cc03_scopes(model, &mut out);
     cc04_financial_hitl(model, &mut out);
+    hitl_conditions(model, &mut out);
     out
 }
 
@@ -378,6 +382,43 @@ fn cc04_financial_hitl(model: &Model, out: &mut Vec<Diagnostic>) {
                 format!("HITL rule for FINANCIAL tool {names} has on_timeout = \"PROCEED\", an approval by silence"),
                 Some("use on_timeout = \"FAIL\" (or \"ESCALATE\")".into()),
             ));
+        }
+    }
+}
+
+/// Every `when` parses and type-checks against the input schema of each
+/// tool its rule names (rules naming no tool are CC-01's).
+fn hitl_conditions(model: &Model, out: &mut Vec<Diagnostic>) {
+    use crate::hitl::condition::Condition;
+    for (r, rule) in model.hitl.iter().enumerate() {
+        let Some(text) = rule.when.as_deref() else { continue };
+        let path = format!("/hitl/{r}/when");
+        let condition = match Condition::parse(text) {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(diag(
+                    HITL_CONDITION_INVALID,
+                    path,
+                    format!("[[hitl]] rule {r} (tool \"{}\"): `when` does not parse {e}", rule.tool),
+                    Some("write e.g. amount > 5000 && currency == \"usd\" (operators: || && ! == != < <= > >=)".into()),
+                ));
+                continue;
+            }
+        };
+        let mut seen: Vec<String> = Vec::new();
+        for tool in model.tools_named(&rule.tool) {
+            if seen.contains(&tool.id()) {
+                continue;
+            }
+            seen.push(tool.id());
+            if let Err(e) = condition.check(&tool.input_schema) {
+                out.push(diag(
+                    HITL_CONDITION_INVALID,
+                    path.clone(),
+                    format!("[[hitl]] rule {r}: `when` does not fit the input of tool \"{}\" {e}", tool.id()),
+                    Some("name fields declared in the tool's input_schema properties, compared with values of their type".into()),
+                ));
+            }
         }
     }
 }
@@ -807,6 +848,24 @@ steps = [
     }
 
     // --- determinism -----------------------------------------------------------
+
+    #[test]
+    fn p1_t_cc04_hitl_conditions_are_parsed_and_type_checked_against_the_tool_input() {
+        let ok = with("when = \"amount > 100\"", "when = \"amount > 100 && !(amount == 7) || amount <= 3\"");
+        assert!(check(&ok).is_ok(), "{:#?}", check(&ok).diagnostics);
+        for (when, expected) in [
+            ("amount > \\\"100\\\"", "column 8: expected two numbers or two strings"),
+            ("amont > 100", "column 1: expected a field of the tool input; \"amont\" is unknown, one of: amount"),
+            ("amount >", "does not parse at column 9"),
+            ("amount", "expected a boolean condition"),
+        ] {
+            let bad = with("when = \"amount > 100\"", &format!("when = \"{when}\""));
+            let d = only(&bad);
+            assert_eq!((d.code.as_str(), d.path.as_str()), ("HITL_CONDITION_INVALID", "/hitl/0/when"), "{when}");
+            assert!(d.message.contains("rule 0") && d.message.contains(expected), "{when}: {}", d.message);
+            assert_eq!(d.line, line_of(&bad, "when = "), "{when}");
+        }
+    }
 
     #[test]
     fn p1_t_cc_diagnostics_and_hash_are_deterministic_and_sorted() {
