@@ -218,7 +218,7 @@ mod tests {
             Arc::new(crate::trace::MemoryTraceSink::new()),
             Arc::new(crate::clock::SystemClock),
         );
-        assert_eq!(exec.registry().len(), 13);
+        assert_eq!(exec.registry().len(), 14);
         assert_eq!(workflows.len(), 7);
     }
 

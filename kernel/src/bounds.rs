@@ -41,6 +41,10 @@ pub enum Termination {
     PermissionDenied,
     ApprovalRequired,
     TraceWriteFailed,
+    /// A human denied the step's approval request.
+    HitlDenied,
+    /// Nobody decided the step's approval request in time.
+    HitlTimeout,
 }
 
 impl Termination {
@@ -60,6 +64,8 @@ impl Termination {
             Termination::PermissionDenied => "permission_denied",
             Termination::ApprovalRequired => "approval_required",
             Termination::TraceWriteFailed => "trace_write_failed",
+            Termination::HitlDenied => "hitl_denied",
+            Termination::HitlTimeout => "hitl_timeout",
         }
     }
 }
@@ -92,6 +98,13 @@ pub struct Usage {
 impl BoundsEnforcer {
     pub fn new(bounds: Bounds) -> Self {
         BoundsEnforcer { bounds, started: Instant::now(), steps: 0, tool_calls: 0, tokens: 0 }
+    }
+
+    /// The enforcer of a run resumed after `steps` steps and `tool_calls`
+    /// calls. Wall time counts again from now: a run that waited for a
+    /// human or for a restart did not spend that time working.
+    pub fn resumed(bounds: Bounds, steps: u32, tool_calls: u32) -> Self {
+        BoundsEnforcer { bounds, started: Instant::now(), steps, tool_calls, tokens: 0 }
     }
 
     pub fn bounds(&self) -> &Bounds {

@@ -36,11 +36,15 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::bounds::{Bounds, BoundsEnforcer, LoopDetector, LoopPolicy, Termination, Usage};
+use crate::breaker::Breakers;
 use crate::clock::Clock;
 use crate::contract::{SideEffect, ToolContract, ToolRegistry};
 use crate::error::{Error, ErrorCode, Result};
+use crate::idempotency::{Begin, Claim, IdempotencyKey, KeyParts, StoredResult, request_fingerprint};
 use crate::permission::{Decision, EXECUTE, PermissionEnforcer};
+use crate::receipts::NewReceipt;
 use crate::redaction::{RedactionPolicy, RedactionStats};
+use crate::store::Store;
 use crate::tenant::TenantContext;
 use crate::trace::{Cost, RecordKind, TraceRecord, TraceSink, TracedError};
 
@@ -67,6 +71,11 @@ pub struct CallContext {
     pub run_id: String,
     pub seq: u64,
     pub tool: String,
+    /// The external idempotency key (`autobiz:` + 32 hex) of a side effect
+    /// made by a durable executor: send it to the provider
+    /// (`Idempotency-Key`), so a call resumed after a crash is deduplicated
+    /// there too.
+    pub idempotency_key: Option<String>,
 }
 
 /// An implementation of a tool. The executor owns every check; a tool only
@@ -81,6 +90,56 @@ pub trait Tool: Send + Sync {
 #[async_trait::async_trait]
 pub trait ApprovalGate: Send + Sync {
     async fn approve(&self, call: &CallContext, contract: &ToolContract, input: &Value) -> Result<()>;
+}
+
+/// The dependency a tool calls, for its circuit breaker: the first segment
+/// of its name (`stripe` for `stripe.refund.create`).
+pub fn dependency(tool: &str) -> &str {
+    tool.split('.').next().unwrap_or(tool)
+}
+
+/// What claiming a side effect's key decided.
+enum Claimed {
+    /// Execute, under this claim (none: not a durable side effect).
+    Execute(Option<Claim>),
+    /// The stored result; true when it is this run's own execution (a run
+    /// resumed after a crash between the effect and its step's commit).
+    Replay(StoredResult, bool),
+}
+
+/// What a workflow engine adds to a call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions<'a> {
+    /// The output becomes this key of the run's state (a step id): the trace
+    /// records the state diff.
+    pub state_key: Option<&'a str>,
+    /// The engine's approval policy already approved this call (a human
+    /// decided, or no rule requires one): a FINANCIAL call skips the gate.
+    pub approved: bool,
+    /// The idempotency key of a side effect (a workflow step's, derived by
+    /// the engine). Without one, a durable executor derives it from the run
+    /// and the call's sequence number.
+    pub idempotency: Option<&'a IdempotencyKey>,
+}
+
+/// Where side effects are made exactly once: the store that holds
+/// idempotency claims and receipts, and how long a key is remembered.
+#[derive(Debug, Clone)]
+pub struct Durability {
+    pub store: Store,
+    pub window: std::time::Duration,
+}
+
+/// A call's output, and whether it is the stored result of an earlier
+/// execution rather than a new one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Called {
+    pub value: Value,
+    /// The stored result of an earlier execution (an idempotency hit).
+    pub replayed: bool,
+    /// The receipt of the side effect this run made: by this call, or (on a
+    /// replay of the run's own execution) before a crash.
+    pub receipt: Option<String>,
 }
 
 /// Counters the executor keeps (exported as metrics by `autobiz serve`).
@@ -139,6 +198,8 @@ pub struct Executor {
     trace: Arc<dyn TraceSink>,
     clock: Arc<dyn Clock>,
     approvals: Option<Arc<dyn ApprovalGate>>,
+    durability: Option<Durability>,
+    breakers: Option<Breakers>,
     counters: Counters,
     /// Detections by kind (`scanner_detection_total`), only touched when a
     /// payload had something to redact.
@@ -203,6 +264,8 @@ impl Executor {
             trace,
             clock,
             approvals: None,
+            durability: None,
+            breakers: None,
             counters: Counters::default(),
             redaction_stats: std::sync::Mutex::new(RedactionStats::default()),
         }
@@ -215,6 +278,23 @@ impl Executor {
         self
     }
 
+    /// Make every side effect exactly-once (INV-05): claim its idempotency
+    /// key before it runs, store its result and receipt in one transaction
+    /// after, and refuse tools blocked for an unreceipted effect.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+
+    /// Send every call through the circuit breaker of its dependency (the
+    /// tool name's first segment: `stripe` for `stripe.refund.create`): an
+    /// open breaker refuses the call before it runs (`CIRCUIT_OPEN`), and
+    /// infrastructure failures (timeouts, provider down) count against it.
+    pub fn with_breakers(mut self, breakers: Breakers) -> Self {
+        self.breakers = Some(breakers);
+        self
+    }
+
     /// Provide the implementation of a registered tool.
     pub fn bind(&mut self, name: &str, version: &str, tool: Arc<dyn Tool>) -> Result<()> {
         self.registry.lookup(name, version)?;
@@ -224,6 +304,11 @@ impl Executor {
 
     pub fn registry(&self) -> &ToolRegistry {
         &self.registry
+    }
+
+    /// The clock every record of this executor is stamped with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     pub fn counters(&self) -> &Counters {
@@ -253,6 +338,33 @@ impl Executor {
         Ok(run)
     }
 
+    /// Pick up run `run_id` again after a crash or a pause: its trace goes
+    /// on after `last_seq`, and the bounds count the `steps` it already took.
+    pub async fn resume(
+        &self,
+        ctx: &TenantContext,
+        run_id: &str,
+        bounds: Bounds,
+        last_seq: u64,
+        steps: u32,
+    ) -> Result<Run> {
+        let mut run = Run {
+            id: run_id.to_owned(),
+            ctx: ctx.clone(),
+            bounds: BoundsEnforcer::resumed(bounds, steps, steps),
+            loops: LoopDetector::new(self.loop_policy.clone()),
+            seq: last_seq,
+            cost: Cost::default(),
+            ended: None,
+        };
+        let mut rec = self.record(&mut run, RecordKind::RunStart);
+        rec.detail = Some(
+            serde_json::json!({ "principal": ctx.principal().as_str(), "bounds": bounds, "resumed": true, "steps_done": steps }),
+        );
+        self.write(&mut run, rec).await?;
+        Ok(run)
+    }
+
     /// Count a step of the run (a workflow step, an agent turn).
     pub async fn begin_step(&self, run: &mut Run) -> Result<()> {
         self.ensure_live(run)?;
@@ -278,6 +390,19 @@ impl Executor {
         input: Value,
         state_key: Option<&str>,
     ) -> Result<Value> {
+        let opts = CallOptions { state_key, ..CallOptions::default() };
+        self.call_with(run, tool, version, input, opts).await.map(|c| c.value)
+    }
+
+    /// [`Executor::call_into`] with everything a workflow engine may add.
+    pub async fn call_with(
+        &self,
+        run: &mut Run,
+        tool: &str,
+        version: &str,
+        input: Value,
+        opts: CallOptions<'_>,
+    ) -> Result<Called> {
         self.ensure_live(run)?;
         if let Err(t) = run.bounds.begin_tool_call() {
             return Err(self.end_on_bound(run, t, Some(format!("{tool}@{version}"))).await);
@@ -324,7 +449,7 @@ impl Executor {
                 format!("run {} ended: {} repeats itself", run.id, contract.id()),
             ));
         }
-        self.execute(run, contract, input, decision, state_key).await
+        self.execute(run, contract, input, decision, opts).await
     }
 
     async fn execute(
@@ -333,8 +458,9 @@ impl Executor {
         contract: &ToolContract,
         input: Value,
         decision: Decision,
-        state_key: Option<&str>,
-    ) -> Result<Value> {
+        opts: CallOptions<'_>,
+    ) -> Result<Called> {
+        let state_key = opts.state_key;
         let Some(tool) = self.tools.get(&contract.name).and_then(|v| v.get(&contract.version)).cloned() else {
             let e = Error::new(
                 ErrorCode::ToolUnknown,
@@ -343,8 +469,14 @@ impl Executor {
             return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await);
         };
         let seq = run.next_seq();
-        let call = CallContext { ctx: run.ctx.clone(), run_id: run.id.clone(), seq, tool: contract.id() };
-        if contract.side_effect == SideEffect::Financial {
+        let mut call = CallContext {
+            ctx: run.ctx.clone(),
+            run_id: run.id.clone(),
+            seq,
+            tool: contract.id(),
+            idempotency_key: None,
+        };
+        if contract.side_effect == SideEffect::Financial && !opts.approved {
             let verdict = match &self.approvals {
                 None => Err(Error::new(
                     ErrorCode::ApprovalRequired,
@@ -357,11 +489,46 @@ impl Executor {
                 return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await);
             }
         }
-        Counters::bump(&self.counters.tool_invocation_total);
         let mut rec = self.record_at(run, RecordKind::ToolCall, seq);
         rec.tool = Some(contract.id());
         rec.input = Some(self.redact(&input, &mut rec));
-        rec.decision = Some(decision);
+        rec.decision = Some(decision.clone());
+        let permit = match &self.breakers {
+            None => None,
+            Some(b) => match b.acquire(&run.ctx, dependency(&contract.name)).await {
+                Ok(p) => Some(p),
+                Err(e) => return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await),
+            },
+        };
+        let claim = match self.claim(run, contract, &input, seq, opts.idempotency).await {
+            Ok(Claimed::Execute(claim)) => claim,
+            Ok(Claimed::Replay(stored, own)) => {
+                // The same call already happened: its stored result is the
+                // answer, and nothing executes (INV-05).
+                rec.detail = Some(serde_json::json!({"idempotency": "replayed", "external_key": stored.external_key}));
+                let output = self.redact(&stored.response, &mut rec);
+                if let Some(key) = state_key {
+                    let pointer = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+                    rec.state_diff = Some(serde_json::json!([{ "op": "add", "path": pointer, "value": output }]));
+                }
+                rec.output = Some(output);
+                self.write(run, rec).await?;
+                let receipt = if own { stored.receipt_id } else { None };
+                return Ok(Called { value: stored.response, replayed: true, receipt });
+            }
+            Err(e) => return Err(self.reject(run, &contract.id(), &input, Some(decision), e).await),
+        };
+        if let Some(claim) = &claim {
+            call.idempotency_key = Some(claim.key.external().to_owned());
+            rec.detail = Some(serde_json::json!({"idempotency": "executed", "external_key": claim.key.external()}));
+        }
+        let request_sha256 = claim.as_ref().map(|_| crate::receipts::payload_sha256(&input)).transpose()?;
+        let input_money = (
+            input.get("amount").and_then(Value::as_i64),
+            input.get("currency").and_then(Value::as_str).map(str::to_owned),
+        );
+        let started_at = self.clock.now();
+        Counters::bump(&self.counters.tool_invocation_total);
         let remaining = run.bounds.remaining();
         let limit = contract.timeout.min(remaining);
         let started = tokio::time::Instant::now();
@@ -381,6 +548,18 @@ impl Executor {
                 format!("{} did not answer within {} ms and was cancelled", contract.id(), limit.as_millis()),
             )),
         };
+        if let Some(permit) = permit {
+            // The dependency answered (even "declined") unless the failure is
+            // of the infrastructure class. A breaker that cannot record is
+            // logged: the call's own outcome stands.
+            let recorded = match &result {
+                Err(e) if e.class() == crate::error::ErrorClass::Infrastructure => permit.failure().await,
+                _ => permit.success().await,
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(target: "autobiz::breaker", code = %e.code(), "breaker outcome not recorded: {}", e.message());
+            }
+        }
         let out = match result {
             Ok(out) => out,
             Err(e) => {
@@ -392,6 +571,15 @@ impl Executor {
                     &self.counters.tool_failure_total
                 });
                 rec.error = Some(TracedError::from(&e));
+                if let (Some(claim), Some(d)) = (&claim, &self.durability) {
+                    // A definite refusal (declined, invalid, not found) made
+                    // no effect: free the key for a retry. An ambiguous one
+                    // (timeout, provider down) may have: keep the claim, so a
+                    // resumed run sends the same key and the provider says.
+                    if e.class() != crate::error::ErrorClass::Infrastructure {
+                        let _ = d.store.idempotency_release(&run.ctx, claim, &e).await;
+                    }
+                }
                 self.write(run, rec).await?;
                 if ran_out_of_time {
                     return Err(self.end_on_bound(run, Termination::MaxWallTime, Some(contract.id())).await);
@@ -403,6 +591,31 @@ impl Executor {
             Cost { tokens: out.tokens, provider_calls: out.provider_calls, micro_usd: contract.price.cost(out.tokens) };
         rec.cost = cost;
         run.cost.add(cost);
+        let mut receipt = None;
+        if let (Some(claim), Some(d), Some(request_sha256)) = (&claim, &self.durability, request_sha256) {
+            match self
+                .receipt(d, run, contract, claim, request_sha256, input_money.clone(), &out.value, started_at)
+                .await
+            {
+                Ok(id) => receipt = Some(id),
+                Err(e) => {
+                    // The effect happened and cannot be proven: the call
+                    // failed, and the tool stays blocked until reconciled.
+                    let _ = d.store.block_tool(&run.ctx, &contract.name, e.message()).await;
+                    let e = Error::new(
+                        ErrorCode::ReceiptWriteFailed,
+                        format!(
+                            "{} ran but its receipt could not be written ({}); the tool is blocked until reconciled",
+                            contract.id(),
+                            e.code()
+                        ),
+                    );
+                    rec.error = Some(TracedError::from(&e));
+                    self.write(run, rec).await?;
+                    return Err(e);
+                }
+            }
+        }
         let violations = contract.output.violations(&out.value);
         let output_error = violations.first().map(|first| {
             Counters::bump(&self.counters.output_schema_reject_total);
@@ -427,7 +640,86 @@ impl Executor {
         if let Err(t) = run.bounds.add_tokens(out.tokens) {
             return Err(self.end_on_bound(run, t, Some(contract.id())).await);
         }
-        Ok(out.value)
+        Ok(Called { value: out.value, replayed: false, receipt })
+    }
+
+    /// Claim the idempotency key of a side effect (durable executors only):
+    /// `Execute(None)` for reads and non-durable executors.
+    async fn claim(
+        &self,
+        run: &Run,
+        contract: &ToolContract,
+        input: &Value,
+        seq: u64,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Claimed> {
+        let Some(d) = self.durability.as_ref().filter(|_| contract.side_effect != SideEffect::Read) else {
+            return Ok(Claimed::Execute(None));
+        };
+        d.store.ensure_tool_unblocked(&run.ctx, &contract.name).await?;
+        let derived;
+        let key = match key {
+            Some(k) => k,
+            None => {
+                derived = IdempotencyKey::derive(&KeyParts {
+                    tenant: run.ctx.tenant(),
+                    workflow: &run.id,
+                    step: &format!("call#{seq}"),
+                    tool: &contract.name,
+                    tool_version: &contract.version,
+                    input,
+                })?;
+                &derived
+            }
+        };
+        let execution_id = format!("{}/{}", run.id, &key.internal()[..16]);
+        let fingerprint = request_fingerprint(input)?;
+        let wait = contract.timeout.min(run.bounds.remaining());
+        match d.store.idempotency_wait(&run.ctx, key, &fingerprint, &execution_id, d.window, wait).await? {
+            Begin::Execute(claim) => Ok(Claimed::Execute(Some(claim))),
+            Begin::Replay(stored) => {
+                let own = stored.execution_id == execution_id;
+                Ok(Claimed::Replay(stored, own))
+            }
+            Begin::InProgress => Err(Error::new(
+                ErrorCode::InProgress,
+                format!("{} is being executed by another run under the same key", contract.id()),
+            )),
+        }
+    }
+
+    /// Store the result of a claimed side effect and its receipt, in one
+    /// transaction. Returns the receipt id.
+    #[allow(clippy::too_many_arguments)]
+    async fn receipt(
+        &self,
+        d: &Durability,
+        run: &Run,
+        contract: &ToolContract,
+        claim: &Claim,
+        request_sha256: String,
+        input_money: (Option<i64>, Option<String>),
+        output: &Value,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<String> {
+        // Amount and currency as the provider reported them, else as asked.
+        let amount_minor = output.get("amount").and_then(Value::as_i64).or(input_money.0);
+        let currency = output.get("currency").and_then(Value::as_str).map(str::to_owned).or(input_money.1);
+        let new = NewReceipt {
+            execution_id: claim.execution_id.clone(),
+            run_id: run.id.clone(),
+            tool: contract.name.clone(),
+            tool_version: contract.version.clone(),
+            side_effect: contract.side_effect,
+            request_sha256,
+            response_sha256: Some(crate::receipts::payload_sha256(output)?),
+            status: output.get("status").and_then(Value::as_str).unwrap_or("succeeded").to_owned(),
+            started_at,
+            completed_at: self.clock.now().max(started_at),
+            amount_minor,
+            currency,
+        };
+        Ok(d.store.idempotency_complete(&run.ctx, claim, output, &new).await?.receipt_id)
     }
 
     /// End the run normally (or with the caller's reason).

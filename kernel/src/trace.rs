@@ -199,6 +199,22 @@ impl Store {
         tx.commit().await
     }
 
+    /// The highest sequence number in `run_id`'s trace (0 for none): where a
+    /// resumed run's records continue.
+    pub async fn last_trace_seq(&self, ctx: &TenantContext, run_id: &str) -> Result<u64> {
+        let mut tx = self.begin(ctx).await?;
+        let (seq,): (Option<i64>,) = crate::store::on_tx!(tx, c => sqlx::query_as(
+            "SELECT MAX(seq) FROM traces WHERE tenant_id = $1 AND run_id = $2",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(run_id)
+        .fetch_one(&mut *c)
+        .await)
+        .map_err(|e| crate::store::map_error(e, "read a trace"))?;
+        tx.commit().await?;
+        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+    }
+
     /// The trace of `run_id` in `ctx`'s tenant, in order. Empty when the run
     /// is unknown to this tenant (another tenant's run looks the same).
     pub async fn trace(&self, ctx: &TenantContext, run_id: &str) -> Result<Vec<TraceRecord>> {

@@ -14,10 +14,12 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::bounds::{Bounds, Termination};
+use crate::engine::{Engine, RunSpec};
 use crate::error::{Error, ErrorCode, Result};
-use crate::executor::{Executor, Run};
+use crate::executor::Executor;
 use crate::tenant::TenantContext;
 use crate::trace::Cost;
+use crate::transcript::TranscriptWriter;
 
 /// The step id that ends a run when used as `next` or `on_error`.
 pub const END: &str = "end";
@@ -83,7 +85,8 @@ impl Workflow {
         Ok(())
     }
 
-    /// Run the workflow for `event` under `ctx`.
+    /// Run the workflow for `event` under `ctx`, in memory (no transcript
+    /// file, no approval policy): the [`Engine`] does the work.
     pub async fn run(
         &self,
         exec: &Executor,
@@ -93,77 +96,24 @@ impl Workflow {
         event: Value,
         pins: Value,
     ) -> Result<Outcome> {
-        self.validate()?;
-        let mut run = exec.start(ctx, run_id, bounds, pins).await?;
-        let mut scope = Map::new();
-        scope.insert("event".to_owned(), event);
-        let mut outcome = Outcome {
+        let spec = RunSpec {
+            workflow: self,
+            ctx: ctx.clone(),
             run_id: run_id.to_owned(),
-            termination: Termination::Completed,
-            error: None,
-            outputs: BTreeMap::new(),
-            path: Vec::new(),
-            cost: Cost::default(),
+            bounds,
+            event,
+            pins,
+            config_hash: String::new(),
         };
-        let index: BTreeMap<&str, usize> = self.steps.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
-        let mut at = Some(0usize);
-        while let Some(i) = at {
-            let step = &self.steps[i];
-            if let Err(e) = exec.begin_step(&mut run).await {
-                return Ok(self.stop(exec, &mut run, outcome, e).await);
-            }
-            outcome.path.push(step.id.clone());
-            let result = match resolve(&step.input, &scope) {
-                Ok(input) => exec.call_into(&mut run, &step.tool, &step.version, input, Some(&step.id)).await,
-                Err(missing) => Err(Error::new(
-                    ErrorCode::SchemaInvalid,
-                    format!("workflow {} step {}: {missing} does not resolve", self.id, step.id),
-                )),
-            };
-            let goto = match result {
-                Ok(out) => {
-                    scope.insert(step.id.clone(), out.clone());
-                    outcome.outputs.insert(step.id.clone(), out);
-                    step.next.as_deref()
-                }
-                Err(e) if run.termination().is_some() => return Ok(self.stop(exec, &mut run, outcome, e).await),
-                Err(e) => match step.on_error.as_deref() {
-                    Some(target) => {
-                        outcome.error = Some(format!("{}: {}", e.code(), e.message()));
-                        Some(target)
-                    }
-                    None => return Ok(self.stop(exec, &mut run, outcome, e).await),
-                },
-            };
-            at = match goto {
-                Some(END) => None,
-                Some(target) => index.get(target).copied(),
-                None if i + 1 < self.steps.len() => Some(i + 1),
-                None => None,
-            };
-        }
-        exec.finish(&mut run, Termination::Completed).await?;
-        outcome.cost = run.cost();
-        Ok(outcome)
-    }
-
-    /// End the run after `e`: keep a termination the executor already set,
-    /// otherwise end it with the reason matching the error.
-    async fn stop(&self, exec: &Executor, run: &mut Run, mut outcome: Outcome, e: Error) -> Outcome {
-        let termination = match run.termination() {
-            Some(t) => t,
-            None => {
-                let t = termination_for(e.code());
-                // If even the run-end record cannot be written the run is
-                // already ended as trace_write_failed.
-                let _ = exec.finish(run, t).await;
-                run.termination().unwrap_or(t)
-            }
-        };
-        outcome.termination = termination;
-        outcome.error = Some(format!("{}: {}", e.code(), e.message()));
-        outcome.cost = run.cost();
-        outcome
+        let report = Engine::new(exec).run(&spec, &mut TranscriptWriter::to(Box::new(std::io::sink()))).await?;
+        Ok(Outcome {
+            run_id: report.run_id,
+            termination: report.termination.unwrap_or(Termination::Completed),
+            error: report.error,
+            outputs: report.outputs,
+            path: report.path,
+            cost: report.cost,
+        })
     }
 }
 
@@ -185,10 +135,19 @@ pub fn termination_for(code: ErrorCode) -> Termination {
 /// Replace every `$.path` string in `template` by the value it names in
 /// `scope`; `Err(path)` for the first that names nothing.
 pub fn resolve(template: &Value, scope: &Map<String, Value>) -> std::result::Result<Value, String> {
+    resolve_with(template, &|root| scope.get(root))
+}
+
+/// [`resolve`] with the roots (`event`, step ids) looked up by `root`, so a
+/// caller holding its outputs elsewhere need not copy them into a map.
+pub fn resolve_with<'a>(
+    template: &Value,
+    root: &impl Fn(&str) -> Option<&'a Value>,
+) -> std::result::Result<Value, String> {
     match template {
         Value::String(s) if s.starts_with("$.") => {
             let mut parts = s[2..].split('.');
-            let mut current = parts.next().and_then(|root| scope.get(root)).ok_or_else(|| s.clone())?;
+            let mut current = parts.next().and_then(root).ok_or_else(|| s.clone())?;
             for part in parts {
                 current = match current {
                     Value::Object(m) => m.get(part),
@@ -202,12 +161,12 @@ pub fn resolve(template: &Value, scope: &Map<String, Value>) -> std::result::Res
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, v) in m {
-                out.insert(k.clone(), resolve(v, scope)?);
+                out.insert(k.clone(), resolve_with(v, root)?);
             }
             Ok(Value::Object(out))
         }
         Value::Array(items) => {
-            items.iter().map(|v| resolve(v, scope)).collect::<std::result::Result<Vec<_>, _>>().map(Value::Array)
+            items.iter().map(|v| resolve_with(v, root)).collect::<std::result::Result<Vec<_>, _>>().map(Value::Array)
         }
         other => Ok(other.clone()),
     }

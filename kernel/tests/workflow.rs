@@ -237,3 +237,168 @@ async fn inv07_financial_steps_without_an_approval_gate_never_run() {
     assert_eq!(refusals, 2);
     assert_eq!(s.exec.counters().snapshot()["approval_refused_total"], 2);
 }
+
+// --- Transcripts and replay (INV-06, P1-T15) ---------------------------------
+
+mod replay {
+    use autobiz_kernel::engine::{ApprovalPolicy, Engine, RunSpec, Verdict};
+    use autobiz_kernel::replay::{ReplayOutcome, replay};
+    use autobiz_kernel::run::{RunStatus, StepCall};
+    use autobiz_kernel::transcript::{Transcript, TranscriptWriter};
+
+    use super::*;
+
+    const CONFIG: &str = "cfg-hash-1";
+
+    async fn record(s: &Shop, wf: &Workflow, event: Value) -> (autobiz_kernel::engine::RunReport, String) {
+        let spec = RunSpec {
+            workflow: wf,
+            ctx: ctx(),
+            run_id: "run-r".into(),
+            bounds: bounds(),
+            event,
+            pins: json!({"model": "none"}),
+            config_hash: CONFIG.into(),
+        };
+        let mut w = TranscriptWriter::memory();
+        let report = Engine::new(&s.exec).run(&spec, &mut w).await.unwrap();
+        (report, w.lines().join("\n"))
+    }
+
+    fn replayed(s: &Shop, wf: &Workflow, text: &str) -> ReplayOutcome {
+        replay(&Transcript::parse(text).unwrap(), wf, s.exec.registry(), CONFIG).unwrap()
+    }
+
+    /// Re-chain a transcript after editing it, as a forger would, so that
+    /// only replay can tell.
+    fn rechain(text: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut prev = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            v["prev"] = json!(prev);
+            let raw = serde_json::to_string(&v).unwrap();
+            prev = hex::encode(Sha256::digest(raw.as_bytes()));
+            out.push(raw);
+        }
+        out.join("\n")
+    }
+
+    #[tokio::test]
+    async fn p1_t15_replay_reproduces_state_hash_and_receipts() {
+        for capture_fails in [false, true] {
+            let s = shop(capture_fails);
+            let (report, text) = record(&s, &fulfil(), json!({"order_id": "1001"})).await;
+            let ReplayOutcome::Identical(r) = replayed(&s, &fulfil(), &text) else {
+                panic!("diverged: {:?}", replayed(&s, &fulfil(), &text))
+            };
+            assert_eq!(r.state_sha256, report.state_sha256);
+            assert_eq!(r.receipts, report.receipts.len());
+            // Capture and e-mail, or only the void: side effects have
+            // receipts, reads and failed calls do not.
+            assert_eq!(report.receipts.len(), if capture_fails { 1 } else { 2 });
+            assert!(
+                report.receipts.iter().all(|d| d.external_key.starts_with("autobiz:") && d.external_key.len() == 40)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn p1_t15_a_tampered_response_is_the_first_divergence() {
+        let s = shop(false);
+        let (_, text) = record(&s, &fulfil(), json!({"order_id": "1001"})).await;
+        // The fetched total changes: the capture request no longer matches.
+        let forged = rechain(&text.replace("\"total\":4200", "\"total\":1"));
+        let ReplayOutcome::Diverged(d) = replayed(&s, &fulfil(), &forged) else { panic!("not detected") };
+        assert_eq!((d.what.as_str(), d.step.as_deref()), ("request", Some("capture")), "{d:?}");
+        assert_eq!(
+            (d.expected["input"]["amount"].clone(), d.actual["input"]["amount"].clone()),
+            (json!(4200), json!(1))
+        );
+        // Without re-chaining, the reader refuses the file before replay.
+        let edited = text.replace("\"total\":4200", "\"total\":1");
+        assert_eq!(Transcript::parse(&edited).unwrap_err().code(), ErrorCode::TranscriptCorrupt);
+    }
+
+    #[tokio::test]
+    async fn p1_t15_a_changed_workflow_diverges_at_the_step_that_differs() {
+        let s = shop(false);
+        let (_, text) = record(&s, &fulfil(), json!({"order_id": "1001"})).await;
+        let mut changed = fulfil();
+        changed.steps[2].input = json!({"to": "$.fetch.email", "template": "other"});
+        let ReplayOutcome::Diverged(d) = replayed(&s, &changed, &text) else { panic!("not detected") };
+        assert_eq!((d.what.as_str(), d.step.as_deref()), ("request", Some("email")));
+        assert_eq!(d.expected["input"]["template"], "order-confirmed");
+        assert_eq!(d.actual["input"]["template"], "other");
+    }
+
+    #[tokio::test]
+    async fn p1_t15_another_config_or_a_cut_transcript_is_an_input_error() {
+        let s = shop(false);
+        let (_, text) = record(&s, &fulfil(), json!({"order_id": "1001"})).await;
+        let t = Transcript::parse(&text).unwrap();
+        let e = replay(&t, &fulfil(), s.exec.registry(), "another").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ReplayConfigMismatch);
+        let cut: Vec<&str> = text.lines().collect();
+        let cut = cut[..cut.len() - 1].join("\n");
+        let e = replay(&Transcript::parse(&cut).unwrap(), &fulfil(), s.exec.registry(), CONFIG).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TranscriptTruncated);
+    }
+
+    /// Requires a human for pay.capture and answers from a script.
+    struct Policy(std::sync::Mutex<Verdict>);
+
+    #[async_trait::async_trait]
+    impl ApprovalPolicy for Policy {
+        async fn check(
+            &self,
+            _ctx: &TenantContext,
+            _run: &str,
+            call: &StepCall,
+            _c: &Contract,
+        ) -> autobiz_kernel::Result<Verdict> {
+            Ok(if call.tool == "pay.capture" { self.0.lock().unwrap().clone() } else { Verdict::NotRequired })
+        }
+    }
+
+    #[tokio::test]
+    async fn inv07_a_pending_approval_pauses_and_a_denial_aborts_both_replayable() {
+        let s = shop_with(false, None);
+        let wf = fulfil();
+        let spec = RunSpec {
+            workflow: &wf,
+            ctx: ctx(),
+            run_id: "run-h".into(),
+            bounds: bounds(),
+            event: json!({"order_id": "1"}),
+            pins: json!({}),
+            config_hash: CONFIG.into(),
+        };
+        let pending = Policy(std::sync::Mutex::new(Verdict::Pending { request_id: "h1".into() }));
+        let mut w = TranscriptWriter::memory();
+        let report = Engine::new(&s.exec).with_approvals(&pending).run(&spec, &mut w).await.unwrap();
+        assert_eq!((report.status, report.waiting_for.as_deref()), (RunStatus::WaitingApproval, Some("h1")));
+        assert_eq!(report.path, vec!["fetch"], "the capture did not run");
+
+        let denied = Policy(std::sync::Mutex::new(Verdict::Denied { request_id: "h1".into(), approver: "ops".into() }));
+        let mut w = TranscriptWriter::memory();
+        let report = Engine::new(&s.exec).with_approvals(&denied).run(&spec, &mut w).await.unwrap();
+        assert_eq!((report.status, report.termination), (RunStatus::Aborted, Some(Termination::HitlDenied)));
+        assert!(matches!(replayed(&s, &wf, &w.lines().join("\n")), ReplayOutcome::Identical(_)));
+
+        // Approved (by policy, with no gate on the executor): money moves.
+        let ok = Policy(std::sync::Mutex::new(Verdict::Approved { request_id: "h1".into(), approver: "ops".into() }));
+        let mut w = TranscriptWriter::memory();
+        let report = Engine::new(&s.exec).with_approvals(&ok).run(&spec, &mut w).await.unwrap();
+        assert_eq!(report.status, RunStatus::Completed);
+        assert!(matches!(replayed(&s, &wf, &w.lines().join("\n")), ReplayOutcome::Identical(_)));
+
+        // FINANCIAL timeout fails the run.
+        let expired = Policy(std::sync::Mutex::new(Verdict::Expired { request_id: "h1".into(), proceed: false }));
+        let mut w = TranscriptWriter::memory();
+        let report = Engine::new(&s.exec).with_approvals(&expired).run(&spec, &mut w).await.unwrap();
+        assert_eq!((report.status, report.termination), (RunStatus::Failed, Some(Termination::HitlTimeout)));
+        assert!(matches!(replayed(&s, &wf, &w.lines().join("\n")), ReplayOutcome::Identical(_)));
+    }
+}

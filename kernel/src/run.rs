@@ -1,0 +1,594 @@
+//! A workflow run as a deterministic state machine.
+//!
+//! [`RunState`] is everything a run knows: the triggering event, the output
+//! of every step so far, how often each step was visited, where it goes next
+//! and how it ended. It changes only through [`RunState::apply`], which takes
+//! the outcome of the step [`RunState::next`] asked for. Given the same
+//! outcomes it always produces the same states, so the same history replays
+//! to the same bytes (Temporal's rule: the workflow decides, activities do;
+//! only the activities' results are recorded).
+//!
+//! Two drivers feed it: the live one executes each [`Command::Call`] through
+//! the executor, and [`crate::replay`] answers it from a transcript. Both
+//! compare on [`RunState::hash`], the SHA-256 of the state's RFC 8785
+//! canonical form.
+//!
+//! The run's lifecycle is an explicit state machine: [`RunStatus`] changes
+//! only along [`RUN_TRANSITIONS`], through [`RunStatus::on`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::bounds::Termination;
+use crate::error::{Error, ErrorCode, Result};
+use crate::idempotency::{IdempotencyKey, KeyParts};
+use crate::tenant::TenantId;
+use crate::transcript::ReceiptDigest;
+use crate::workflow::{END, Step, Workflow, resolve_with, termination_for};
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunStatus {
+    Running,
+    /// Paused at a step until a human decides its approval request.
+    WaitingApproval,
+    Completed,
+    /// Ended by a failed step, a bound, or an approval that timed out.
+    Failed,
+    /// Ended by a human: an approval was denied.
+    Aborted,
+}
+
+/// What moves a run from one status to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEvent {
+    StepSucceeded,
+    /// A step failed and the workflow routes the failure (`on_error`).
+    StepRecovered,
+    ApprovalRequested,
+    Approved,
+    Denied,
+    ApprovalExpired,
+    Finished,
+    Failed,
+}
+
+/// Every allowed transition of a run, in one table. Anything else is a bug
+/// in a driver and is refused with `RUN_TRANSITION_INVALID`.
+pub const RUN_TRANSITIONS: &[(RunStatus, RunEvent, RunStatus)] = &[
+    (RunStatus::Running, RunEvent::StepSucceeded, RunStatus::Running),
+    (RunStatus::Running, RunEvent::StepRecovered, RunStatus::Running),
+    (RunStatus::Running, RunEvent::ApprovalRequested, RunStatus::WaitingApproval),
+    (RunStatus::WaitingApproval, RunEvent::Approved, RunStatus::Running),
+    (RunStatus::WaitingApproval, RunEvent::Denied, RunStatus::Aborted),
+    (RunStatus::WaitingApproval, RunEvent::ApprovalExpired, RunStatus::Failed),
+    (RunStatus::Running, RunEvent::Finished, RunStatus::Completed),
+    (RunStatus::Running, RunEvent::Failed, RunStatus::Failed),
+    (RunStatus::Running, RunEvent::Denied, RunStatus::Aborted),
+];
+
+impl RunStatus {
+    /// The status after `event`, or `RUN_TRANSITION_INVALID`.
+    pub fn on(self, event: RunEvent) -> Result<RunStatus> {
+        RUN_TRANSITIONS
+            .iter()
+            .find(|(from, ev, _)| *from == self && *ev == event)
+            .map(|(_, _, to)| *to)
+            .ok_or_else(|| Error::new(ErrorCode::RunTransitionInvalid, format!("a {self:?} run cannot take {event:?}")))
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Aborted)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "RUNNING",
+            RunStatus::WaitingApproval => "WAITING_APPROVAL",
+            RunStatus::Completed => "COMPLETED",
+            RunStatus::Failed => "FAILED",
+            RunStatus::Aborted => "ABORTED",
+        }
+    }
+}
+
+/// What the run asks its driver to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Execute `tool@version` with `input` for `step`.
+    Call(StepCall),
+    /// The run is over.
+    Done,
+}
+
+/// One step's tool call, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepCall {
+    pub step: String,
+    /// 1 for the first visit of this step in the run, 2 for the second...
+    /// Part of the idempotency key, so a deliberate retry is a new call
+    /// while a crashed-and-resumed one is not.
+    pub visit: u32,
+    pub tool: String,
+    pub version: String,
+    pub input: Value,
+}
+
+impl StepCall {
+    /// The step as the idempotency key names it: `charge`, `charge#2`...
+    pub fn step_key(&self) -> String {
+        if self.visit <= 1 { self.step.clone() } else { format!("{}#{}", self.step, self.visit) }
+    }
+}
+
+/// How a step's call came out, as the run sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    Ok { output: Value },
+    Err { code: String, message: String },
+}
+
+impl StepOutcome {
+    pub fn from_result(r: &Result<Value>) -> StepOutcome {
+        match r {
+            Ok(v) => StepOutcome::Ok { output: v.clone() },
+            Err(e) => StepOutcome::Err { code: e.code().as_str().to_owned(), message: e.message().to_owned() },
+        }
+    }
+}
+
+/// Everything a run knows. Serialized, it is the run entity's versioned
+/// state; its hash is what replay must reproduce.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub run_id: String,
+    pub workflow: String,
+    pub status: RunStatus,
+    pub event: Value,
+    /// Output of each step's latest successful visit.
+    pub outputs: BTreeMap<String, Value>,
+    pub visits: BTreeMap<String, u32>,
+    /// Step ids in the order they ran.
+    pub path: Vec<String>,
+    /// The step to run next; `None` once nothing is left.
+    pub cursor: Option<String>,
+    /// The last step failure (kept when `on_error` routed it).
+    pub error: Option<String>,
+    pub termination: Option<Termination>,
+    /// Where the cursor's step is in the workflow, when known: a lookup
+    /// hint (not state), so a long run does not search its steps each time.
+    #[serde(skip)]
+    at: Option<usize>,
+}
+
+impl RunState {
+    /// A new run of `workflow` for `event`, about to run its first step.
+    pub fn new(workflow: &Workflow, run_id: &str, event: Value) -> RunState {
+        RunState {
+            run_id: run_id.to_owned(),
+            workflow: workflow.id.clone(),
+            status: RunStatus::Running,
+            event,
+            outputs: BTreeMap::new(),
+            visits: BTreeMap::new(),
+            path: Vec::new(),
+            cursor: workflow.steps.first().map(|s| s.id.clone()),
+            error: None,
+            termination: None,
+            at: Some(0),
+        }
+    }
+
+    /// The cursor's step and its index (the hint first, then a search).
+    fn cursor_step<'w>(&self, workflow: &'w Workflow, id: &str) -> Result<(usize, &'w Step)> {
+        if let Some(i) = self.at
+            && let Some(step) = workflow.steps.get(i).filter(|s| s.id == id)
+        {
+            return Ok((i, step));
+        }
+        let i = workflow.steps.iter().position(|s| s.id == id).ok_or_else(|| {
+            Error::new(ErrorCode::RunTransitionInvalid, format!("workflow {} has no step {id:?}", workflow.id))
+        })?;
+        Ok((i, &workflow.steps[i]))
+    }
+
+    /// What to do next. A step whose input does not resolve ends the run
+    /// (`SCHEMA_INVALID`) rather than calling a tool with a hole in it.
+    pub fn next(&self, workflow: &Workflow) -> Result<Command> {
+        if self.status.is_terminal() {
+            return Ok(Command::Done);
+        }
+        let Some(step) = self.cursor.as_deref() else { return Ok(Command::Done) };
+        let (_, step) = self.cursor_step(workflow, step)?;
+        let root = |name: &str| if name == "event" { Some(&self.event) } else { self.outputs.get(name) };
+        let input = resolve_with(&step.input, &root).map_err(|missing| {
+            Error::new(
+                ErrorCode::SchemaInvalid,
+                format!("workflow {} step {}: {missing} does not resolve", workflow.id, step.id),
+            )
+        })?;
+        Ok(Command::Call(StepCall {
+            step: step.id.clone(),
+            visit: self.visits.get(&step.id).copied().unwrap_or(0) + 1,
+            tool: step.tool.clone(),
+            version: step.version.clone(),
+            input,
+        }))
+    }
+
+    /// Take the outcome of `call` (the call [`RunState::next`] returned).
+    /// A failure goes to the step's `on_error` target if it has one and ends
+    /// the run otherwise. Returns the change as an RFC 6902 patch.
+    pub fn apply(&mut self, workflow: &Workflow, call: &StepCall, outcome: &StepOutcome) -> Result<Patch> {
+        let before = Shape::of(self);
+        self.apply_inner(workflow, call, outcome)?;
+        let mut patch = before.diff(self);
+        if let StepOutcome::Ok { output } = outcome {
+            patch.insert(0, json!({"op": "add", "path": pointer("outputs", &call.step), "value": output}));
+        }
+        patch.insert(0, json!({"op": "add", "path": "/path/-", "value": call.step}));
+        patch.insert(
+            0,
+            json!({"op": "add", "path": pointer("visits", &call.step), "value": self.visits.get(&call.step)}),
+        );
+        Ok(Patch(patch))
+    }
+
+    fn apply_inner(&mut self, workflow: &Workflow, call: &StepCall, outcome: &StepOutcome) -> Result<()> {
+        let (index, step) = self.cursor_step(workflow, &call.step)?;
+        if self.cursor.as_deref() != Some(step.id.as_str()) {
+            return Err(Error::new(
+                ErrorCode::RunTransitionInvalid,
+                format!("run {} is at {:?}, not at step {}", self.run_id, self.cursor, step.id),
+            ));
+        }
+        *self.visits.entry(step.id.clone()).or_insert(0) += 1;
+        self.path.push(step.id.clone());
+        let goto = match outcome {
+            StepOutcome::Ok { output } => {
+                self.status = self.status.on(RunEvent::StepSucceeded)?;
+                self.outputs.insert(step.id.clone(), output.clone());
+                step.next.clone()
+            }
+            StepOutcome::Err { code, message } => {
+                self.error = Some(format!("{code}: {message}"));
+                match &step.on_error {
+                    Some(target) => {
+                        self.status = self.status.on(RunEvent::StepRecovered)?;
+                        Some(target.clone())
+                    }
+                    None => {
+                        let code = ErrorCode::from_code(code).unwrap_or(ErrorCode::ToolFailed);
+                        return self.end_inner(termination_for(code));
+                    }
+                }
+            }
+        };
+        (self.cursor, self.at) = match goto.as_deref() {
+            Some(END) => (None, None),
+            Some(target) => (Some(target.to_owned()), None),
+            None => (workflow.steps.get(index + 1).map(|s| s.id.clone()), Some(index + 1)),
+        };
+        if self.cursor.is_none() {
+            // Reaching the end, also through on_error, completes the run:
+            // the failure was handled (and stays in `error`).
+            let t = Termination::Completed;
+            return self.end_inner(t);
+        }
+        Ok(())
+    }
+
+    /// End the run with `termination` (a bound, a failure the driver saw
+    /// before any call, or completion); returns the change.
+    pub fn end(&mut self, termination: Termination) -> Result<Patch> {
+        let before = Shape::of(self);
+        self.end_inner(termination)?;
+        Ok(Patch(before.diff(self)))
+    }
+
+    /// End the run with `termination` because of `error`: a call that ended
+    /// it or whose input failed (`step`, which then counts as visited) or a
+    /// bound that ran out before the step began (`None`).
+    pub fn stop(&mut self, step: Option<&str>, termination: Termination, error: &str) -> Result<Patch> {
+        let before = Shape::of(self);
+        let mut head = Vec::new();
+        if let Some(step) = step {
+            *self.visits.entry(step.to_owned()).or_insert(0) += 1;
+            self.path.push(step.to_owned());
+            head.push(json!({"op": "add", "path": pointer("visits", step), "value": self.visits.get(step)}));
+            head.push(json!({"op": "add", "path": "/path/-", "value": step}));
+        }
+        self.error = Some(error.to_owned());
+        self.end_inner(termination)?;
+        head.extend(before.diff(self));
+        Ok(Patch(head))
+    }
+
+    fn end_inner(&mut self, termination: Termination) -> Result<()> {
+        let event = match termination {
+            Termination::Completed => RunEvent::Finished,
+            Termination::HitlDenied => RunEvent::Denied,
+            Termination::HitlTimeout if self.status == RunStatus::WaitingApproval => RunEvent::ApprovalExpired,
+            _ => RunEvent::Failed,
+        };
+        self.status = self.status.on(event)?;
+        self.termination = Some(termination);
+        self.cursor = None;
+        Ok(())
+    }
+
+    /// Pause at the current step for a human decision.
+    pub fn wait_for_approval(&mut self) -> Result<Patch> {
+        let before = Shape::of(self);
+        self.status = self.status.on(RunEvent::ApprovalRequested)?;
+        Ok(Patch(before.diff(self)))
+    }
+
+    /// A human approved: the run goes on with the step it paused at.
+    pub fn approved(&mut self) -> Result<Patch> {
+        let before = Shape::of(self);
+        self.status = self.status.on(RunEvent::Approved)?;
+        Ok(Patch(before.diff(self)))
+    }
+
+    /// The serialized state (the run entity's versioned state).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// SHA-256 (hex) of the state's RFC 8785 canonical form.
+    pub fn hash(&self) -> Result<String> {
+        canonical_sha256(&self.to_value())
+    }
+}
+
+/// The idempotency key of a step's call: tenant, workflow, step (with its
+/// visit), tool, version and input.
+pub fn idempotency_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Result<IdempotencyKey> {
+    IdempotencyKey::derive(&KeyParts {
+        tenant,
+        workflow: &workflow.id,
+        step: &call.step_key(),
+        tool: &call.tool,
+        tool_version: &call.version,
+        input: &call.input,
+    })
+}
+
+/// What the receipt of `call`'s side effect proves, computed the same way
+/// by a live run and by its replay.
+pub fn receipt_digest(
+    tenant: &TenantId,
+    workflow: &Workflow,
+    call: &StepCall,
+    output: &Value,
+) -> Result<ReceiptDigest> {
+    Ok(ReceiptDigest {
+        step: call.step.clone(),
+        visit: call.visit,
+        tool: call.tool.clone(),
+        version: call.version.clone(),
+        external_key: idempotency_key(tenant, workflow, call)?.external().to_owned(),
+        request_sha256: canonical_sha256(&call.input)?,
+        response_sha256: canonical_sha256(output)?,
+    })
+}
+
+/// SHA-256 (hex) of `value`'s RFC 8785 canonical form: the one hash used for
+/// states, requests and responses, so equal JSON always hashes equal.
+pub fn canonical_sha256(value: &Value) -> Result<String> {
+    crate::idempotency::request_fingerprint(value)
+}
+
+/// An RFC 6902 JSON Patch as JSON: what one transition changed in the
+/// serialized [`RunState`]. Built from what the transition touched, never by
+/// diffing whole states, so its cost does not grow with the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Patch(pub Vec<Value>);
+
+impl Patch {
+    pub fn to_value(&self) -> Value {
+        Value::Array(self.0.clone())
+    }
+}
+
+/// The scalar fields of a state, to see which a transition changed.
+struct Shape {
+    status: RunStatus,
+    cursor: Option<String>,
+    error: Option<String>,
+    termination: Option<Termination>,
+}
+
+impl Shape {
+    fn of(s: &RunState) -> Shape {
+        Shape { status: s.status, cursor: s.cursor.clone(), error: s.error.clone(), termination: s.termination }
+    }
+
+    fn diff(self, s: &RunState) -> Vec<Value> {
+        let mut ops = Vec::new();
+        let mut add = |path: &str, value: Value| ops.push(json!({"op": "replace", "path": path, "value": value}));
+        if self.status != s.status {
+            add("/status", json!(s.status));
+        }
+        if self.cursor != s.cursor {
+            add("/cursor", json!(s.cursor));
+        }
+        if self.error != s.error {
+            add("/error", json!(s.error));
+        }
+        if self.termination != s.termination {
+            add("/termination", json!(s.termination));
+        }
+        ops
+    }
+}
+
+/// `/{field}/{key}` with the key escaped as RFC 6901 requires.
+fn pointer(field: &str, key: &str) -> String {
+    format!("/{field}/{}", key.replace('~', "~0").replace('/', "~1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn wf() -> Workflow {
+        let step = |id: &str, input: Value, next: Option<&str>, on_error: Option<&str>| Step {
+            id: id.into(),
+            tool: format!("t.{id}"),
+            version: "1".into(),
+            input,
+            next: next.map(Into::into),
+            on_error: on_error.map(Into::into),
+        };
+        Workflow {
+            id: "WF01".into(),
+            name: "test".into(),
+            steps: vec![
+                step("fetch", json!({"id": "$.event.order"}), None, None),
+                step("charge", json!({"amount": "$.fetch.total"}), None, Some("void")),
+                step("mail", json!({}), Some("end"), None),
+                step("void", json!({}), Some("end"), None),
+            ],
+        }
+    }
+
+    fn ok(v: Value) -> StepOutcome {
+        StepOutcome::Ok { output: v }
+    }
+
+    #[test]
+    fn every_transition_in_the_table_is_reachable_and_nothing_else() {
+        let all = [
+            RunStatus::Running,
+            RunStatus::WaitingApproval,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Aborted,
+        ];
+        let events = [
+            RunEvent::StepSucceeded,
+            RunEvent::StepRecovered,
+            RunEvent::ApprovalRequested,
+            RunEvent::Approved,
+            RunEvent::Denied,
+            RunEvent::ApprovalExpired,
+            RunEvent::Finished,
+            RunEvent::Failed,
+        ];
+        for from in all {
+            for ev in events {
+                let listed = RUN_TRANSITIONS.iter().any(|(f, e, _)| *f == from && *e == ev);
+                assert_eq!(from.on(ev).is_ok(), listed, "{from:?} on {ev:?}");
+            }
+            if from.is_terminal() {
+                assert!(events.iter().all(|e| from.on(*e).is_err()), "{from:?} is terminal");
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_walks_its_steps_and_completes() {
+        let wf = wf();
+        let mut s = RunState::new(&wf, "r1", json!({"order": "1001"}));
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        assert_eq!((c.step.as_str(), c.visit, c.input.clone()), ("fetch", 1, json!({"id": "1001"})));
+        s.apply(&wf, &c, &ok(json!({"total": 4200}))).unwrap();
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        assert_eq!(c.input, json!({"amount": 4200}));
+        s.apply(&wf, &c, &ok(json!({"id": "pi_1"}))).unwrap();
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        assert_eq!(c.step, "mail");
+        s.apply(&wf, &c, &ok(json!({}))).unwrap();
+        assert_eq!(s.next(&wf).unwrap(), Command::Done);
+        assert_eq!((s.status, s.termination), (RunStatus::Completed, Some(Termination::Completed)));
+        assert_eq!(s.path, ["fetch", "charge", "mail"]);
+    }
+
+    #[test]
+    fn a_failure_goes_to_on_error_and_ends_as_a_failure() {
+        let wf = wf();
+        let mut s = RunState::new(&wf, "r1", json!({"order": "1001"}));
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        s.apply(&wf, &c, &ok(json!({"total": 1}))).unwrap();
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        s.apply(&wf, &c, &StepOutcome::Err { code: "TOOL_FAILED".into(), message: "declined".into() }).unwrap();
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        assert_eq!(c.step, "void");
+        s.apply(&wf, &c, &ok(json!({}))).unwrap();
+        // The compensation ran and the run is over; the error is kept.
+        assert_eq!(s.status, RunStatus::Completed);
+        assert_eq!(s.error.as_deref(), Some("TOOL_FAILED: declined"));
+    }
+
+    #[test]
+    fn an_unrouted_failure_ends_the_run_with_its_reason() {
+        let wf = wf();
+        let mut s = RunState::new(&wf, "r1", json!({"order": "1001"}));
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        s.apply(&wf, &c, &StepOutcome::Err { code: "TOOL_TIMEOUT".into(), message: "slow".into() }).unwrap();
+        assert_eq!((s.status, s.termination), (RunStatus::Failed, Some(Termination::ToolTimeout)));
+        assert_eq!(s.next(&wf).unwrap(), Command::Done);
+        // A terminal run takes nothing more.
+        assert_eq!(s.apply(&wf, &c, &ok(json!({}))).unwrap_err().code(), ErrorCode::RunTransitionInvalid);
+    }
+
+    #[test]
+    fn the_state_hash_is_canonical_and_changes_with_the_state() {
+        let wf = wf();
+        let a = RunState::new(&wf, "r1", json!({"b": 1, "a": 2}));
+        let b = RunState::new(&wf, "r1", json!({"a": 2, "b": 1}));
+        assert_eq!(a.hash().unwrap(), b.hash().unwrap());
+        let c = RunState::new(&wf, "r1", json!({"a": 2, "b": 2}));
+        assert_ne!(a.hash().unwrap(), c.hash().unwrap());
+        assert_eq!(a.hash().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn p1_t14_each_transition_is_a_patch_that_rebuilds_the_state() {
+        let wf = wf();
+        let mut s = RunState::new(&wf, "r1", json!({"order": "1001"}));
+        let mut doc = s.to_value();
+        let step = |s: &mut RunState, out: StepOutcome| {
+            let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+            s.apply(&wf, &c, &out).unwrap()
+        };
+        let patches = vec![
+            step(&mut s, ok(json!({"total": 5}))),
+            step(&mut s, StepOutcome::Err { code: "TOOL_FAILED".into(), message: "x".into() }),
+            step(&mut s, ok(json!({"voided": true}))),
+        ];
+        for p in patches {
+            let patch: json_patch::Patch = serde_json::from_value(p.to_value()).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+        }
+        assert_eq!(doc, s.to_value());
+    }
+
+    #[test]
+    fn approval_pauses_and_resumes_or_aborts() {
+        let wf = wf();
+        let mut s = RunState::new(&wf, "r1", json!({"order": "1"}));
+        s.wait_for_approval().unwrap();
+        assert_eq!(s.status, RunStatus::WaitingApproval);
+        assert!(s.wait_for_approval().is_err());
+        s.approved().unwrap();
+        assert_eq!(s.status, RunStatus::Running);
+        s.wait_for_approval().unwrap();
+        s.end(Termination::HitlDenied).unwrap();
+        assert_eq!(s.status, RunStatus::Aborted);
+        let mut t = RunState::new(&wf, "r2", json!({}));
+        t.wait_for_approval().unwrap();
+        t.end(Termination::HitlTimeout).unwrap();
+        assert_eq!(t.status, RunStatus::Failed);
+    }
+}

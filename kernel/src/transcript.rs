@@ -1,0 +1,488 @@
+//! Transcripts: the versioned JSON Lines history of one run (INV-06).
+//!
+//! A transcript holds what a run cannot recompute: the config hash and the
+//! model and prompt pins it ran under, the triggering event, every tool
+//! request and the response it got, every clock reading, every state patch,
+//! every human decision, and at the end the state hash and the receipts.
+//! [`crate::replay`] re-executes the workflow against it and must arrive at
+//! the same state hash and receipts.
+//!
+//! Every line carries the format version, its sequence number and `prev`,
+//! the SHA-256 of the previous line's bytes. The chain makes an edited,
+//! reordered or dropped line an error at read time ([`TRANSCRIPT_CORRUPT`]),
+//! before any replay; a file that stops before `run_end` is
+//! `TRANSCRIPT_TRUNCATED`; a newer format is `TRANSCRIPT_VERSION_UNSUPPORTED`.
+//! Reading never panics on bad bytes.
+//!
+//! Transcripts hold tool payloads as the tools saw them (customer data, the
+//! same class as the store's rows); credentials never appear in them because
+//! tools read those from the secrets provider, not from their input.
+//!
+//! [`TRANSCRIPT_CORRUPT`]: crate::ErrorCode::TranscriptCorrupt
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::bounds::Termination;
+use crate::error::{Error, ErrorCode, Result};
+use crate::run::{Patch, RunStatus, StepOutcome};
+
+/// The format version this build writes and the newest it reads.
+pub const TRANSCRIPT_VERSION: u32 = 1;
+
+/// One event of a run's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    RunStart {
+        run_id: String,
+        tenant: String,
+        principal: String,
+        workflow: String,
+        config_hash: String,
+        /// Model, prompt-template hashes and anything else the run pins.
+        pins: Value,
+        event: Value,
+    },
+    /// A reading of the injected clock, in the order the run made them.
+    Clock {
+        at: DateTime<Utc>,
+    },
+    ToolRequest {
+        step: String,
+        visit: u32,
+        tool: String,
+        version: String,
+        input: Value,
+        /// The external idempotency key sent to the provider, for side effects.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+    ToolResponse {
+        step: String,
+        visit: u32,
+        outcome: StepOutcome,
+        /// When the response was taken (for a stored result: when it was
+        /// first completed). An activity result, like the output.
+        at: DateTime<Utc>,
+        /// The stored result of an earlier execution (an idempotency hit).
+        #[serde(default)]
+        replayed: bool,
+        /// This response is a side effect of this run (a fresh execution, or
+        /// this run's own execution finished before a crash), so it has a
+        /// receipt here.
+        #[serde(default)]
+        effect: bool,
+        /// Set when the call ended the run (a bound ran out during it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ended: Option<Termination>,
+    },
+    /// What a transition changed in the run's state, and the version it made.
+    StatePatch {
+        version: i64,
+        patch: Patch,
+    },
+    /// The run paused at `step` for a human decision.
+    HitlRequested {
+        request_id: String,
+        step: String,
+        visit: u32,
+    },
+    /// `decision`: `approved`, `denied` or `expired`.
+    HitlDecision {
+        request_id: String,
+        step: String,
+        decision: String,
+        approver: Option<String>,
+    },
+    /// The run stopped before a call: a bound ran out at the step's start,
+    /// or its input did not resolve.
+    RunStopped {
+        termination: Termination,
+        error: String,
+        /// The step whose input failed to resolve; none when a bound ran out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+    },
+    /// A process picked the run up again after a crash or a restart; a
+    /// request without a response before this line was cut off.
+    Resumed {
+        state_version: i64,
+    },
+    RunEnd {
+        status: RunStatus,
+        termination: Termination,
+        state_sha256: String,
+        receipts: Vec<ReceiptDigest>,
+    },
+}
+
+impl Entry {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::RunStart { .. } => "run_start",
+            Entry::Clock { .. } => "clock",
+            Entry::ToolRequest { .. } => "tool_request",
+            Entry::ToolResponse { .. } => "tool_response",
+            Entry::StatePatch { .. } => "state_patch",
+            Entry::HitlRequested { .. } => "hitl_requested",
+            Entry::HitlDecision { .. } => "hitl_decision",
+            Entry::RunStopped { .. } => "run_stopped",
+            Entry::Resumed { .. } => "resumed",
+            Entry::RunEnd { .. } => "run_end",
+        }
+    }
+}
+
+/// What a receipt proves, as both a live run and its replay compute it:
+/// every field follows from the call and its outcome (the receipt's
+/// timestamps are in the store and in the response line's `at`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptDigest {
+    pub step: String,
+    pub visit: u32,
+    pub tool: String,
+    pub version: String,
+    pub external_key: String,
+    pub request_sha256: String,
+    pub response_sha256: String,
+}
+
+/// One line as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub v: u32,
+    pub seq: u64,
+    /// SHA-256 (hex) of the previous line's bytes; empty on the first line.
+    pub prev: String,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// Appends lines to a transcript, keeping the chain.
+pub struct TranscriptWriter {
+    out: Box<dyn Write + Send>,
+    seq: u64,
+    prev: String,
+    /// Every line written, kept when the writer records to memory.
+    lines: Vec<String>,
+    keep: bool,
+}
+
+impl std::fmt::Debug for TranscriptWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranscriptWriter").field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+impl TranscriptWriter {
+    /// Write to `path` (created or truncated).
+    pub fn create(path: &Path) -> Result<TranscriptWriter> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io(path, e))?;
+        }
+        let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
+        Ok(TranscriptWriter::to(Box::new(std::io::BufWriter::new(file))))
+    }
+
+    /// Continue the transcript at `path` for a resumed run: the chain goes
+    /// on from its last complete line, and a line cut off by a crash
+    /// (no final newline) is removed first. Returns the writer and the
+    /// entries so far.
+    pub fn resume(path: &Path) -> Result<(TranscriptWriter, Vec<Entry>)> {
+        if !path.exists() {
+            // The process died before it wrote its first line.
+            return Ok((TranscriptWriter::create(path)?, Vec::new()));
+        }
+        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+        if complete < bytes.len() {
+            let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| io(path, e))?;
+            file.set_len(complete as u64).map_err(|e| io(path, e))?;
+            file.sync_all().map_err(|e| io(path, e))?;
+        }
+        let lines = read_lines(path)?;
+        let (seq, prev) = match lines.last() {
+            Some((raw, line)) => (line.seq + 1, sha256_hex(raw.as_bytes())),
+            None => (0, String::new()),
+        };
+        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| io(path, e))?;
+        let mut w = TranscriptWriter::to(Box::new(std::io::BufWriter::new(file)));
+        w.seq = seq;
+        w.prev = prev;
+        Ok((w, lines.into_iter().map(|(_, l)| l.entry).collect()))
+    }
+
+    /// Write to any sink.
+    pub fn to(out: Box<dyn Write + Send>) -> TranscriptWriter {
+        TranscriptWriter { out, seq: 0, prev: String::new(), lines: Vec::new(), keep: false }
+    }
+
+    /// Keep the lines in memory only ([`TranscriptWriter::lines`]).
+    pub fn memory() -> TranscriptWriter {
+        let mut w = TranscriptWriter::to(Box::new(std::io::sink()));
+        w.keep = true;
+        w
+    }
+
+    /// Append one entry and flush it, so a crash loses at most the line in
+    /// flight (which the reader then reports as truncated or corrupt).
+    pub fn write(&mut self, entry: Entry) -> Result<()> {
+        let line = Line { v: TRANSCRIPT_VERSION, seq: self.seq, prev: std::mem::take(&mut self.prev), entry };
+        let raw = serde_json::to_string(&line)
+            .map_err(|e| Error::new(ErrorCode::TranscriptIo, format!("cannot encode a transcript line: {e}")))?;
+        self.out
+            .write_all(raw.as_bytes())
+            .and_then(|()| self.out.write_all(b"\n"))
+            .and_then(|()| self.out.flush())
+            .map_err(|e| Error::new(ErrorCode::TranscriptIo, format!("cannot write the transcript: {e}")))?;
+        self.prev = sha256_hex(raw.as_bytes());
+        self.seq += 1;
+        if self.keep {
+            self.lines.push(raw);
+        }
+        Ok(())
+    }
+
+    /// The lines written so far (memory writers only).
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+}
+
+/// A transcript read back and checked: every line parsed, the version
+/// known, the chain intact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub lines: Vec<Line>,
+}
+
+impl Transcript {
+    /// Read and check `path`.
+    pub fn read(path: &Path) -> Result<Transcript> {
+        Ok(Transcript { lines: read_lines(path)?.into_iter().map(|(_, l)| l).collect() })
+    }
+
+    /// Read and check transcript text.
+    pub fn parse(text: &str) -> Result<Transcript> {
+        Ok(Transcript {
+            lines: parse_lines(text.lines().map(|l| Ok(l.to_owned())), "transcript")?
+                .into_iter()
+                .map(|(_, l)| l)
+                .collect(),
+        })
+    }
+
+    /// The entries in order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.lines.iter().map(|l| &l.entry)
+    }
+
+    /// Check that the run's history is complete: it starts with `run_start`
+    /// and ends with `run_end`.
+    pub fn require_complete(&self) -> Result<()> {
+        match self.lines.first().map(|l| &l.entry) {
+            Some(Entry::RunStart { .. }) => {}
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorCode::TranscriptCorrupt,
+                    format!("the transcript starts with {} instead of run_start", other.kind()),
+                ));
+            }
+            None => return Err(Error::new(ErrorCode::TranscriptTruncated, "the transcript is empty")),
+        }
+        match self.lines.last() {
+            Some(Line { entry: Entry::RunEnd { .. }, .. }) => Ok(()),
+            Some(last) => Err(Error::new(
+                ErrorCode::TranscriptTruncated,
+                format!(
+                    "the transcript stops at line {} ({}) before run_end: the run did not finish or the file was cut",
+                    last.seq + 1,
+                    last.entry.kind()
+                ),
+            )),
+            None => Err(Error::new(ErrorCode::TranscriptTruncated, "the transcript is empty")),
+        }
+    }
+}
+
+fn read_lines(path: &Path) -> Result<Vec<(String, Line)>> {
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let reader = std::io::BufReader::new(file);
+    let name = path.display().to_string();
+    parse_lines(
+        reader.lines().map(|l| {
+            l.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    Error::new(ErrorCode::TranscriptCorrupt, format!("{name}: not UTF-8 text"))
+                } else {
+                    Error::new(ErrorCode::TranscriptIo, format!("cannot read {name}: {e}"))
+                }
+            })
+        }),
+        &name,
+    )
+}
+
+fn parse_lines(lines: impl Iterator<Item = Result<String>>, name: &str) -> Result<Vec<(String, Line)>> {
+    let mut out: Vec<(String, Line)> = Vec::new();
+    let mut prev = String::new();
+    for (i, raw) in lines.enumerate() {
+        let raw = raw?;
+        let n = i + 1;
+        if raw.trim().is_empty() {
+            return Err(Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: empty line")));
+        }
+        // The common case in one pass; on any error, look at the version
+        // before the shape, so a newer format is named as such rather than
+        // as garbage.
+        let line = match serde_json::from_str::<Line>(&raw) {
+            Ok(line) if line.v <= TRANSCRIPT_VERSION => line,
+            _ => diagnose(&raw, name, n)?,
+        };
+        if line.seq != i as u64 {
+            return Err(Error::new(
+                ErrorCode::TranscriptCorrupt,
+                format!(
+                    "{name} line {n}: sequence number {} where {} was due (a line was dropped or moved)",
+                    line.seq, i
+                ),
+            ));
+        }
+        if line.prev != prev {
+            return Err(Error::new(
+                ErrorCode::TranscriptCorrupt,
+                format!("{name} line {n}: the chain is broken (the previous line was changed)"),
+            ));
+        }
+        prev = sha256_hex(raw.as_bytes());
+        out.push((raw, line));
+    }
+    Ok(out)
+}
+
+/// Why a line does not parse: truncated, a newer format, or garbage.
+fn diagnose(raw: &str, name: &str, n: usize) -> Result<Line> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        let code = if e.is_eof() { ErrorCode::TranscriptTruncated } else { ErrorCode::TranscriptCorrupt };
+        Error::new(code, format!("{name} line {n}: not a JSON line ({e})"))
+    })?;
+    match value.get("v").and_then(Value::as_u64) {
+        Some(v) if v > u64::from(TRANSCRIPT_VERSION) => {
+            return Err(Error::new(
+                ErrorCode::TranscriptVersionUnsupported,
+                format!(
+                    "{name} line {n}: transcript format v{v} is newer than this autobiz reads (v{TRANSCRIPT_VERSION}); upgrade autobiz"
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            return Err(Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: no format version `v`")));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: {e}")))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::new(ErrorCode::TranscriptIo, format!("{}: {e}", path.display())).with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn sample() -> Vec<String> {
+        let mut w = TranscriptWriter::memory();
+        w.write(Entry::RunStart {
+            run_id: "r1".into(),
+            tenant: "acme".into(),
+            principal: "agent".into(),
+            workflow: "WF01".into(),
+            config_hash: "abc".into(),
+            pins: json!({}),
+            event: json!({"order": "1"}),
+        })
+        .unwrap();
+        w.write(Entry::Clock { at: DateTime::from_timestamp(1_700_000_000, 0).unwrap() }).unwrap();
+        w.write(Entry::RunEnd {
+            status: RunStatus::Completed,
+            termination: Termination::Completed,
+            state_sha256: "00".into(),
+            receipts: vec![],
+        })
+        .unwrap();
+        w.lines().to_vec()
+    }
+
+    #[test]
+    fn inv06_a_written_transcript_reads_back() {
+        let text = sample().join("\n");
+        let t = Transcript::parse(&text).unwrap();
+        assert_eq!(t.lines.len(), 3);
+        t.require_complete().unwrap();
+    }
+
+    #[test]
+    fn inv06_an_edited_line_breaks_the_chain() {
+        let mut lines = sample();
+        lines[1] = lines[1].replace("2023", "2024");
+        let e = Transcript::parse(&lines.join("\n")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TranscriptCorrupt, "{e}");
+        assert!(e.message().contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn inv06_a_dropped_line_is_named() {
+        let lines = sample();
+        let e = Transcript::parse(&[lines[0].clone(), lines[2].clone()].join("\n")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TranscriptCorrupt);
+        assert!(e.message().contains("dropped"), "{e}");
+    }
+
+    #[test]
+    fn inv06_a_cut_file_is_truncated_not_a_panic() {
+        let text = sample().join("\n");
+        for cut in 0..text.len() {
+            match Transcript::parse(&text[..cut]) {
+                Ok(t) => assert!(cut == 0 || t.require_complete().is_err() || cut == text.len()),
+                Err(e) => assert!(
+                    matches!(e.code(), ErrorCode::TranscriptTruncated | ErrorCode::TranscriptCorrupt),
+                    "{cut}: {e}"
+                ),
+            }
+        }
+        let two = sample()[..2].join("\n");
+        assert_eq!(
+            Transcript::parse(&two).unwrap().require_complete().unwrap_err().code(),
+            ErrorCode::TranscriptTruncated
+        );
+    }
+
+    #[test]
+    fn inv06_a_newer_format_is_refused_by_version() {
+        let mut lines = sample();
+        lines[0] = lines[0].replacen("\"v\":1", "\"v\":2", 1);
+        let e = Transcript::parse(&lines.join("\n")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TranscriptVersionUnsupported);
+    }
+
+    #[test]
+    fn inv06_garbage_is_corrupt() {
+        for junk in ["not json", "{}", "{\"v\":1}", "[1,2]", "\u{0}"] {
+            let e = Transcript::parse(junk).unwrap_err();
+            assert!(matches!(e.code(), ErrorCode::TranscriptCorrupt | ErrorCode::TranscriptTruncated), "{junk}: {e}");
+        }
+    }
+}

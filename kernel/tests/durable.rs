@@ -1,0 +1,320 @@
+//! Durable runs on both backends: state versioned step by step, side
+//! effects exactly once across crashes and duplicate triggers, receipts in
+//! the store, and transcripts that replay (INV-05, INV-06, P1-T11..T15).
+//!
+//! A crash is simulated in-process at every hook a run passes (a tool
+//! entered, a provider effect made, a trace record written): the run's
+//! future is dropped there, as a `kill -9` would stop it, and a fresh
+//! executor and engine resume the run from the store. The CLI test
+//! `tests/crash.rs` does the same with a real child process and SIGKILL.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autobiz_kernel::bounds::{Bounds, LoopPolicy};
+use autobiz_kernel::clock::SystemClock;
+use autobiz_kernel::contract::{PriceModel, SideEffect, ToolContract, ToolRegistry};
+use autobiz_kernel::engine::{ApprovalPolicy, Engine, RunSpec, Verdict};
+use autobiz_kernel::executor::{CallContext, Durability, Executor, Tool, ToolOutput};
+use autobiz_kernel::permission::{PermissionEnforcer, Scope};
+use autobiz_kernel::redaction::RedactionPolicy;
+use autobiz_kernel::replay::{ReplayOutcome, replay};
+use autobiz_kernel::run::RunStatus;
+use autobiz_kernel::store::{DatabaseUrl, Store};
+use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
+use autobiz_kernel::trace::{TraceRecord, TraceSink};
+use autobiz_kernel::transcript::{Transcript, TranscriptWriter};
+use autobiz_kernel::workflow::{Step, Workflow};
+use autobiz_testkit::{TestDatabase, both};
+use serde_json::{Value, json};
+
+const CONFIG: &str = "cfg";
+
+fn ctx() -> TenantContext {
+    TenantContext::new("acme".parse().unwrap(), Principal::new("agent:shop"), CorrelationId::new("corr-durable"))
+}
+
+async fn store(db: &TestDatabase) -> Store {
+    let url: DatabaseUrl = db.admin_url().parse().unwrap();
+    Store::open_admin(&url).await.unwrap().migrate().await.unwrap();
+    let store = Store::open(&db.kernel_url().parse().unwrap()).await.unwrap();
+    store.register_tenant(&ctx(), "Acme").await.unwrap();
+    store
+}
+
+/// Where a simulated crash stops the run: the n-th hook passed blocks
+/// forever, and the test drops the run there.
+#[derive(Default)]
+struct Crash {
+    at: Mutex<Option<usize>>,
+    passed: AtomicUsize,
+    hit: tokio::sync::Notify,
+}
+
+impl Crash {
+    async fn hook(&self) {
+        let n = self.passed.fetch_add(1, Ordering::SeqCst) + 1;
+        if *self.at.lock().unwrap() == Some(n) {
+            self.hit.notify_one();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A provider that deduplicates by idempotency key, as Stripe does: the
+/// same key returns the first response and makes no second effect.
+#[derive(Default)]
+struct Provider {
+    effects: Mutex<BTreeMap<String, Value>>,
+    requests: AtomicUsize,
+}
+
+struct ProviderTool {
+    name: &'static str,
+    provider: Arc<Provider>,
+    crash: Arc<Crash>,
+}
+
+#[async_trait::async_trait]
+impl Tool for ProviderTool {
+    async fn call(&self, call: CallContext, input: Value) -> autobiz_kernel::Result<ToolOutput> {
+        self.crash.hook().await;
+        self.provider.requests.fetch_add(1, Ordering::SeqCst);
+        let key = call.idempotency_key.clone().expect("a durable side effect carries its key");
+        let response = {
+            let mut effects = self.provider.effects.lock().unwrap();
+            let n = effects.len() + 1;
+            effects
+                .entry(key)
+                .or_insert_with(|| json!({"id": format!("{}_{n}", self.name), "amount": input["amount"], "currency": "usd", "status": "succeeded"}))
+                .clone()
+        };
+        // The effect is made; the answer has not reached the kernel yet.
+        self.crash.hook().await;
+        Ok(ToolOutput { value: response, tokens: 0, provider_calls: 1 })
+    }
+}
+
+struct ReadTool;
+
+#[async_trait::async_trait]
+impl Tool for ReadTool {
+    async fn call(&self, _call: CallContext, input: Value) -> autobiz_kernel::Result<ToolOutput> {
+        Ok(ToolOutput::new(json!({"id": input["order_id"], "total": 4200})))
+    }
+}
+
+/// Persists to the store, passing a crash hook first.
+struct HookedSink(Store, Arc<Crash>);
+
+#[async_trait::async_trait]
+impl TraceSink for HookedSink {
+    async fn append(&self, ctx: &TenantContext, record: &TraceRecord) -> autobiz_kernel::Result<()> {
+        self.1.hook().await;
+        self.0.append_trace(ctx, record).await
+    }
+}
+
+fn executor(store: &Store, provider: &Arc<Provider>, crash: &Arc<Crash>) -> Executor {
+    let mut r = ToolRegistry::new();
+    let obj = |props: Value| json!({"type": "object", "properties": props});
+    for (name, side, input) in [
+        ("order.get", SideEffect::Read, obj(json!({"order_id": {"type": "string"}}))),
+        (
+            "pay.capture",
+            SideEffect::Financial,
+            obj(json!({"order_id": {"type": "string"}, "amount": {"type": "integer"}, "currency": {"type": "string"}})),
+        ),
+        ("ship.create", SideEffect::Write, obj(json!({"order_id": {"type": "string"}}))),
+        ("mail.send", SideEffect::Notify, obj(json!({"order_id": {"type": "string"}}))),
+    ] {
+        let c = ToolContract::new(
+            name,
+            "1",
+            side,
+            &input,
+            &json!({"type": "object"}),
+            Duration::from_secs(5),
+            PriceModel::from_usd(0.0001, 0.0),
+        )
+        .unwrap();
+        r.register(c).unwrap();
+    }
+    let perms = PermissionEnforcer::new(vec![Scope::new(
+        "agent:shop",
+        &["order.get", "pay.capture", "ship.create", "mail.send"],
+    )]);
+    let sink = Arc::new(HookedSink(store.clone(), crash.clone()));
+    let mut exec =
+        Executor::new(r, perms, LoopPolicy::default(), RedactionPolicy::default(), sink, Arc::new(SystemClock))
+            .with_durability(Durability { store: store.clone(), window: Duration::from_secs(86_400) });
+    exec.bind("order.get", "1", Arc::new(ReadTool)).unwrap();
+    for name in ["pay.capture", "ship.create", "mail.send"] {
+        let tool = ProviderTool { name, provider: provider.clone(), crash: crash.clone() };
+        exec.bind(name, "1", Arc::new(tool)).unwrap();
+    }
+    exec
+}
+
+/// No HITL rule matches: every call is approved by policy.
+struct NoRules;
+
+#[async_trait::async_trait]
+impl ApprovalPolicy for NoRules {
+    async fn check(
+        &self,
+        _ctx: &TenantContext,
+        _run: &str,
+        _call: &autobiz_kernel::run::StepCall,
+        _contract: &ToolContract,
+    ) -> autobiz_kernel::Result<Verdict> {
+        Ok(Verdict::NotRequired)
+    }
+}
+
+fn engine<'a>(exec: &'a Executor, store: &'a Store) -> Engine<'a> {
+    Engine::new(exec).with_store(store, None).with_approvals(&NoRules)
+}
+
+fn workflow() -> Workflow {
+    let step = |id: &str, tool: &str, input: Value| Step {
+        id: id.into(),
+        tool: tool.into(),
+        version: "1".into(),
+        input,
+        next: None,
+        on_error: None,
+    };
+    Workflow {
+        id: "WF01".into(),
+        name: "fulfil".into(),
+        steps: vec![
+            step("fetch", "order.get", json!({"order_id": "$.event.order_id"})),
+            // The input names the order: the idempotency key is over the input,
+            // so two orders of the same amount are two captures.
+            step(
+                "capture",
+                "pay.capture",
+                json!({"order_id": "$.event.order_id", "amount": "$.fetch.total", "currency": "usd"}),
+            ),
+            step("ship", "ship.create", json!({"order_id": "$.event.order_id"})),
+            step("mail", "mail.send", json!({"order_id": "$.event.order_id"})),
+        ],
+    }
+}
+
+fn spec<'a>(wf: &'a Workflow, run_id: &str, order: &str) -> RunSpec<'a> {
+    RunSpec {
+        workflow: wf,
+        ctx: ctx(),
+        run_id: run_id.into(),
+        bounds: Bounds { max_steps: 20, max_wall_time: Duration::from_secs(30), max_tokens: 0, max_tool_calls: 20 },
+        event: json!({"order_id": order}),
+        pins: json!({}),
+        config_hash: CONFIG.into(),
+    }
+}
+
+/// Run the workflow without a crash.
+async fn durable_run_commits_every_step_and_replays(db: TestDatabase) {
+    let store = store(&db).await;
+    let (provider, crash) = (Arc::new(Provider::default()), Arc::new(Crash::default()));
+    let exec = executor(&store, &provider, &crash);
+    let wf = workflow();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.jsonl");
+    let mut w = TranscriptWriter::create(&path).unwrap();
+    let report = engine(&exec, &store).run(&spec(&wf, "run-1", "1001"), &mut w).await.unwrap();
+    drop(w);
+    assert_eq!(report.status, RunStatus::Completed);
+    assert_eq!(provider.effects.lock().unwrap().len(), 3);
+    let receipts = store.receipts(&ctx(), "run-1").await.unwrap();
+    assert_eq!(receipts.len(), 3, "one receipt per side effect");
+    let capture = receipts.iter().find(|r| r.tool == "pay.capture").unwrap();
+    assert_eq!((capture.amount_minor, capture.currency.as_deref()), (Some(4200), Some("USD")));
+    let entity = autobiz_kernel::tenant::EntityId::new(ctx().tenant().clone(), "run", "run-1").unwrap();
+    let history = store.state_history(&ctx(), &entity).await.unwrap();
+    assert_eq!(history.len(), 5, "the initial state and one version per step");
+    let record = store.run_record(&ctx(), "run-1").await.unwrap().unwrap();
+    assert_eq!(record.status, "COMPLETED");
+    let t = Transcript::read(&path).unwrap();
+    let ReplayOutcome::Identical(r) = replay(&t, &wf, exec.registry(), CONFIG).unwrap() else { panic!("diverged") };
+    assert_eq!(r.state_sha256, report.state_sha256);
+    assert_eq!(r.receipts, 3);
+}
+both!(p1_t14_durable_run_commits_every_step_and_replays, durable_run_commits_every_step_and_replays);
+
+/// INV-05: a second run for the same order (a duplicate trigger) replays
+/// every stored result and makes no new effect.
+async fn duplicate_trigger_makes_no_second_effect(db: TestDatabase) {
+    let store = store(&db).await;
+    let (provider, crash) = (Arc::new(Provider::default()), Arc::new(Crash::default()));
+    let exec = executor(&store, &provider, &crash);
+    let wf = workflow();
+    let engine = engine(&exec, &store);
+    let first = engine.run(&spec(&wf, "run-a", "1001"), &mut TranscriptWriter::memory()).await.unwrap();
+    let second = engine.run(&spec(&wf, "run-b", "1001"), &mut TranscriptWriter::memory()).await.unwrap();
+    assert_eq!((first.status, second.status), (RunStatus::Completed, RunStatus::Completed), "{:?}", first.error);
+    assert_eq!(provider.requests.load(Ordering::SeqCst), 3, "the duplicate run called no provider");
+    assert_eq!(first.outputs, second.outputs, "the duplicate got the stored results");
+    assert!(second.receipts.is_empty(), "no effect, no receipt");
+    assert_eq!(store.receipts(&ctx(), "run-b").await.unwrap().len(), 0);
+    // Another order is another set of effects.
+    engine.run(&spec(&wf, "run-c", "1002"), &mut TranscriptWriter::memory()).await.unwrap();
+    assert_eq!(provider.effects.lock().unwrap().len(), 6);
+}
+both!(inv05_duplicate_trigger_makes_no_second_effect, duplicate_trigger_makes_no_second_effect);
+
+/// Crash at every hook of the run, resume, and check: the run completes,
+/// the provider made each effect once, the store holds one receipt per
+/// effect, and the transcript (crash included) replays.
+async fn crash_at_every_point_then_resume(db: TestDatabase) {
+    let store = store(&db).await;
+    let wf = workflow();
+    let dir = tempfile::tempdir().unwrap();
+    // Count the hooks of an uncrashed run first.
+    let hooks = {
+        let (provider, crash) = (Arc::new(Provider::default()), Arc::new(Crash::default()));
+        let exec = executor(&store, &provider, &crash);
+        let s = spec(&wf, "count", "count");
+        engine(&exec, &store).run(&s, &mut TranscriptWriter::memory()).await.unwrap();
+        crash.passed.load(Ordering::SeqCst)
+    };
+    assert!(hooks >= 12, "{hooks} crash points");
+    for k in 1..=hooks {
+        let run_id = format!("run-k{k}");
+        let order = format!("o{k}");
+        let path = dir.path().join(format!("{run_id}.jsonl"));
+        let provider = Arc::new(Provider::default());
+        let crash = Arc::new(Crash::default());
+        *crash.at.lock().unwrap() = Some(k);
+        {
+            let exec = executor(&store, &provider, &crash);
+            let s = spec(&wf, &run_id, &order);
+            let mut w = TranscriptWriter::create(&path).unwrap();
+            let engine = engine(&exec, &store);
+            tokio::select! {
+                r = engine.run(&s, &mut w) => panic!("crash point {k} was not reached: {r:?}"),
+                () = crash.hit.notified() => {}
+            }
+            // Dropping the future here is the crash.
+        }
+        let exec = executor(&store, &provider, &Arc::new(Crash::default()));
+        let s = spec(&wf, &run_id, &order);
+        let (mut w, history) = TranscriptWriter::resume(&path).unwrap();
+        let report = engine(&exec, &store).resume(&s, &history, &mut w).await.unwrap();
+        drop(w);
+        assert_eq!(report.status, RunStatus::Completed, "crash point {k}");
+        assert_eq!(provider.effects.lock().unwrap().len(), 3, "crash point {k}: an effect was duplicated or lost");
+        let receipts = store.receipts(&ctx(), &run_id).await.unwrap();
+        assert_eq!(receipts.len(), 3, "crash point {k}: receipts {receipts:?}");
+        let t = Transcript::read(&path).unwrap();
+        match replay(&t, &wf, exec.registry(), CONFIG).unwrap() {
+            ReplayOutcome::Identical(r) => assert_eq!(r.state_sha256, report.state_sha256, "crash point {k}"),
+            ReplayOutcome::Diverged(d) => panic!("crash point {k}: {d:?}"),
+        }
+    }
+}
+both!(p1_t12_crash_at_every_point_then_resume, crash_at_every_point_then_resume);

@@ -1,0 +1,2 @@
+-- Reverts 0004_runs (PostgreSQL). Run states stay in state_versions.
+DROP TABLE IF EXISTS runs;
