@@ -28,6 +28,11 @@ pub struct CliError {
 }
 
 impl CliError {
+    /// A check, gate or verification that said no (exit 1).
+    pub fn refused(code: &str, message: impl Into<String>) -> Self {
+        CliError { code: code.to_owned(), message: message.into(), exit: exit::SAID_NO }
+    }
+
     pub fn input(code: &str, message: impl Into<String>) -> Self {
         CliError { code: code.to_owned(), message: message.into(), exit: exit::BAD_INPUT }
     }
@@ -86,6 +91,11 @@ impl Reporter {
 
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// `-q`: only errors are printed (and no progress bar).
+    pub fn quiet(&self) -> bool {
+        self.quiet
     }
 
     /// Print a result: `human` for people (unless --quiet), `value` as JSON.

@@ -12,23 +12,10 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use autobiz::evidence::{self, Envelope, Statement};
 use autobiz_kernel::config::BusinessConfig;
-use common::{EXAMPLE, autobiz, json_of};
+use common::{EXAMPLE, autobiz, git, json_of};
 use predicates::prelude::*;
 use serde_json::json;
 use tempfile::TempDir;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .current_dir(dir)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .args(["-c", "user.name=autobiz test", "-c", "user.email=test@autobiz.invalid", "-c", "commit.gpgsign=false"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// A git repository with one commit holding `autobiz.toml` (the example),
 /// and, outside it, a key pair from `autobiz keys generate`.
@@ -67,7 +54,17 @@ impl Fixture {
     /// config digest `config`, signed with the key in `key`.
     fn statement(&self, commit: &str, config: &str, verdict: &str) -> Statement {
         let binary = evidence::file_sha256(&assert_cmd::cargo::cargo_bin("autobiz")).unwrap();
-        Statement::new(commit, config, &binary, json!({ "verdict": verdict, "stages": [] }))
+        Statement::new(
+            commit,
+            config,
+            &binary,
+            json!({
+                "schema_version": 1,
+                "verdict": verdict,
+                "finished_at": chrono::Utc::now().to_rfc3339(),
+                "stages": [],
+            }),
+        )
     }
 
     fn write(&self, name: &str, envelope: &Envelope) -> PathBuf {
@@ -358,4 +355,71 @@ fn p1_t18_deploy_help_names_the_checks_and_the_key_variable() {
     let out = autobiz(dir.path()).args(["keys", "generate", "--help"]).assert().success().get_output().stdout.clone();
     let help = String::from_utf8(out).unwrap();
     assert!(help.contains("--out") && help.contains("--force") && help.contains("0600"));
+}
+
+/// Evidence with its predicate replaced (signed with the fixture's key).
+fn evidence_with(f: &Fixture, name: &str, predicate: serde_json::Value) -> PathBuf {
+    let mut statement = f.statement(&f.head, &f.config_digest(), "pass");
+    statement.predicate = predicate;
+    f.write(name, &f.signed(&statement))
+}
+
+#[test]
+fn inv08_deploy_refuses_stale_evidence_an_unknown_schema_and_a_modified_tree() {
+    let f = Fixture::new();
+    let day_old = (chrono::Utc::now() - chrono::Duration::hours(25)).to_rfc3339();
+    let stale =
+        evidence_with(&f, "stale.json", json!({"schema_version": 1, "verdict": "pass", "finished_at": day_old}));
+    f.deploy(&stale).args(f.deploy_step()).assert().code(1).stderr(predicate::str::contains("error[EVIDENCE_EXPIRED]"));
+    f.deploy(&stale).args(["--max-age", "26h"]).assert().success();
+    let undated = evidence_with(&f, "undated.json", json!({"schema_version": 1, "verdict": "pass"}));
+    f.deploy(&undated).assert().code(1).stderr(predicate::str::contains("EVIDENCE_EXPIRED"));
+    let now = chrono::Utc::now().to_rfc3339();
+    let future = evidence_with(&f, "v2.json", json!({"schema_version": 2, "verdict": "pass", "finished_at": now}));
+    f.deploy(&future).assert().code(1).stderr(predicate::str::contains("EVIDENCE_SCHEMA_UNSUPPORTED"));
+
+    let evidence = f.passing_evidence();
+    std::fs::write(f.repo.path().join("autobiz.toml"), std::fs::read_to_string(EXAMPLE).unwrap() + "\n# edited\n")
+        .unwrap();
+    // Same config hash (a comment), same commit, but a tracked file is modified.
+    f.deploy(&evidence).args(f.deploy_step()).assert().code(1).stderr(predicate::str::contains("TREE_DIRTY"));
+    assert!(!f.marker().exists(), "the deploy step ran");
+}
+
+#[test]
+fn inv08_an_override_needs_two_distinct_approvers_and_is_recorded() {
+    let f = Fixture::new();
+    let failed = f.write("fail.json", &f.signed(&f.statement(&f.head, &f.config_digest(), "fail")));
+    let over = |approvers: &[&str]| {
+        let mut cmd = f.deploy(&failed);
+        for a in approvers {
+            cmd.args(["--override-approver", a]);
+        }
+        cmd.args(["--override-reason", "hotfix for an outage"]);
+        cmd
+    };
+    over(&["alice"]).args(f.deploy_step()).assert().code(2).stderr(predicate::str::contains("OVERRIDE_INVALID"));
+    over(&["alice", "ALICE "]).args(f.deploy_step()).assert().code(2);
+    assert!(!f.marker().exists());
+    over(&["alice", "bob"]).args(f.deploy_step()).assert().success();
+    assert!(f.marker().exists());
+    let log = std::fs::read_to_string(f.repo.path().join(".autobiz/deploys.jsonl")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(entry["override"]["approvers"], json!(["alice", "bob"]));
+    assert_eq!(entry["override"]["bypassed"], json!(["EVIDENCE_VERDICT_FAIL"]));
+    assert_eq!(entry["commit"], f.head.as_str());
+    let sha = evidence::file_sha256(&failed).unwrap();
+    assert_eq!(entry["evidence_sha256"], sha.as_str());
+
+    // An override never excuses another commit.
+    std::fs::write(f.repo.path().join("README"), "more").unwrap();
+    git(f.repo.path(), &["add", "README"]);
+    git(f.repo.path(), &["commit", "-q", "-m", "another"]);
+    over(&["alice", "bob"]).assert().code(1).stderr(predicate::str::contains("EVIDENCE_SUBJECT_MISMATCH"));
+    // A plain deploy is recorded without an override.
+    let f = Fixture::new();
+    f.deploy(&f.passing_evidence()).assert().success();
+    let log = std::fs::read_to_string(f.repo.path().join(".autobiz/deploys.jsonl")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!((entry["verdict"].as_str(), entry["override"].is_null()), (Some("pass"), true));
 }

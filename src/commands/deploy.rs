@@ -2,18 +2,64 @@
 //! evidence (INV-08). The inputs are gathered first (public key from
 //! `AUTOBIZ_EVIDENCE_PUBKEY`, the evidence file, `git rev-parse HEAD`, the
 //! config hash): a missing one is bad input (exit 2). Then the evidence must
-//! verify with the key, name this commit and this config, and carry the
-//! verdict `pass` (exit 1 with the stable code otherwise). Only then does the
-//! deploy step run, and its exit code becomes ours. No flag skips a check.
+//! verify with the key, have the predicate schema this binary knows, name
+//! this commit (with no modified tracked file) and this config, carry the
+//! verdict `pass`, and be younger than `--max-age` (exit 1 with the stable
+//! code otherwise). An override, signed off by two distinct approvers, may
+//! excuse only a `fail` verdict or stale evidence, never the signature, the
+//! schema, the subjects or the tree. Every deploy that passes is appended to
+//! `.autobiz/deploys.jsonl` (evidence hash, commit, config, override) before
+//! the deploy step runs; if that record cannot be written nothing runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use autobiz_kernel::config::BusinessConfig;
 
+use sha2::{Digest, Sha256};
+
 use crate::cli::{DeployArgs, GlobalArgs};
 use crate::evidence::{self, Envelope, abbrev};
+use crate::gate::harness::SCHEMA_VERSION;
 use crate::report::{CliError, Reporter};
+
+/// Where every authorized deploy is recorded, one JSON object a line.
+pub const DEPLOY_LOG: &str = ".autobiz/deploys.jsonl";
+
+/// `--override-approver` twice (distinct) and a reason, or no override.
+fn approval(args: &DeployArgs) -> Result<Option<(Vec<String>, String)>, CliError> {
+    if args.override_approver.is_empty() && args.override_reason.is_none() {
+        return Ok(None);
+    }
+    let mut approvers: Vec<String> = args.override_approver.iter().map(|a| a.trim().to_owned()).collect();
+    approvers.sort_by_key(|a| a.to_lowercase());
+    approvers.dedup_by_key(|a| a.to_lowercase());
+    approvers.retain(|a| !a.is_empty());
+    let reason = args.override_reason.clone().unwrap_or_default();
+    if approvers.len() < 2 || reason.trim().is_empty() {
+        return Err(CliError::input(
+            "OVERRIDE_INVALID",
+            "an override needs two distinct --override-approver names and an --override-reason",
+        ));
+    }
+    Ok(Some((approvers, reason)))
+}
+
+/// Append one line to [`DEPLOY_LOG`], fsynced; a deploy that cannot be
+/// recorded does not run.
+fn record_deploy(entry: &serde_json::Value) -> Result<(), CliError> {
+    use std::io::Write;
+    let path = std::path::Path::new(DEPLOY_LOG);
+    let fail = |e: std::io::Error| {
+        CliError::infrastructure("DEPLOY_RECORD_FAILED", format!("cannot record the deploy in {DEPLOY_LOG}: {e}"))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(fail)?;
+    writeln!(file, "{entry}").map_err(fail)?;
+    file.sync_all().map_err(fail)
+}
 
 /// The environment variable naming the public key file.
 pub const PUBKEY_ENV: &str = "AUTOBIZ_EVIDENCE_PUBKEY";
@@ -38,9 +84,69 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, reporter: &Reporter) -> Result
     let config = BusinessConfig::load(&global.config)?;
     let config_digest = evidence::config_digest(&config);
 
+    let override_ = approval(&args)?;
     let envelope = Envelope::from_json(&bytes)?;
     let statement = evidence::verify(&envelope, &key)?;
-    statement.check_deployable(&head, &config_digest)?;
+    let schema = statement.predicate.get("schema_version").and_then(serde_json::Value::as_u64);
+    if schema != Some(u64::from(SCHEMA_VERSION)) {
+        return Err(CliError::refused(
+            "EVIDENCE_SCHEMA_UNSUPPORTED",
+            format!("the evidence's predicate schema_version is {schema:?}; this autobiz reads {SCHEMA_VERSION}"),
+        ));
+    }
+    let mut bypassed = Vec::new();
+    if let Err(e) = statement.check_deployable(&head, &config_digest) {
+        if e.code() == evidence::EvidenceCode::VerdictFail && override_.is_some() {
+            bypassed.push(e.code().as_str());
+        } else {
+            return Err(e.into());
+        }
+    }
+    if !git_tree_clean()? {
+        return Err(CliError::refused(
+            "TREE_DIRTY",
+            "tracked files differ from HEAD: the evidence covers the commit, not these changes (commit or stash them)",
+        ));
+    }
+    let finished = statement
+        .predicate
+        .get("finished_at")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    let now = chrono::Utc::now();
+    let age_ok = finished.is_some_and(|t| {
+        let age = now.signed_duration_since(t);
+        age >= -chrono::Duration::minutes(5) && age.to_std().map_or(true, |a| a <= args.max_age)
+    });
+    if !age_ok {
+        if override_.is_some() {
+            bypassed.push("EVIDENCE_EXPIRED");
+        } else {
+            return Err(CliError::refused(
+                "EVIDENCE_EXPIRED",
+                format!(
+                    "the evidence was finished at {}; the maximum age is {}",
+                    finished.map(|t| t.to_rfc3339()).unwrap_or_else(|| "an unknown time".to_owned()),
+                    humantime::format_duration(args.max_age)
+                ),
+            ));
+        }
+    }
+    let override_record = override_.map(
+        |(approvers, reason)| serde_json::json!({ "approvers": approvers, "reason": reason, "bypassed": bypassed }),
+    );
+    record_deploy(&serde_json::json!({
+        "at": now.to_rfc3339(),
+        "commit": head,
+        "config_hash": format!("sha256:{config_digest}"),
+        "evidence": args.evidence,
+        "evidence_sha256": hex::encode(Sha256::digest(&bytes)),
+        "verdict": statement.verdict(),
+        "keyid": evidence::keyid(&key),
+        "override": override_record,
+        "command": args.cmd,
+    }))?;
 
     let keyid = evidence::keyid(&key);
     tracing::info!(commit = %head, config = %config_digest, keyid = %keyid, "evidence verified");
@@ -48,18 +154,21 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, reporter: &Reporter) -> Result
         reporter.result(
             || {
                 format!(
-                    "evidence verified: commit {}, config sha256:{}, verdict pass, signed by key {}",
+                    "evidence verified: commit {}, config sha256:{}, verdict {}, signed by key {}{}",
                     abbrev(&head),
                     abbrev(&config_digest),
-                    abbrev(&keyid)
+                    statement.verdict().unwrap_or("?"),
+                    abbrev(&keyid),
+                    if bypassed.is_empty() { String::new() } else { format!(" (OVERRIDE of {})", bypassed.join(", ")) }
                 )
             },
             &serde_json::json!({
                 "verified": true,
                 "commit": head,
                 "config_hash": format!("sha256:{config_digest}"),
-                "verdict": "pass",
+                "verdict": statement.verdict(),
                 "keyid": keyid,
+                "override": !bypassed.is_empty(),
             }),
         );
         return Ok(ExitCode::SUCCESS);
@@ -86,13 +195,28 @@ fn exit_code_of(status: std::process::ExitStatus) -> u8 {
     1
 }
 
-/// `git rev-parse HEAD` in the current directory.
-fn git_head() -> Result<String, CliError> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--verify", "HEAD^{commit}"])
+/// `git ARGS` in the current directory (`GIT_UNAVAILABLE` when git cannot run).
+fn git(args: &[&str]) -> Result<std::process::Output, CliError> {
+    std::process::Command::new("git")
+        .args(args)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| CliError::infrastructure("GIT_UNAVAILABLE", format!("cannot run git: {e}")))?;
+        .map_err(|e| CliError::infrastructure("GIT_UNAVAILABLE", format!("cannot run git: {e}")))
+}
+
+/// Whether no tracked file differs from HEAD (untracked files do not count:
+/// they are not part of what was built from the commit).
+pub(crate) fn git_tree_clean() -> Result<bool, CliError> {
+    let out = git(&["status", "--porcelain", "--untracked-files=no"])?;
+    if !out.status.success() {
+        return Err(CliError::input("GIT_CHECKOUT_REQUIRED", "git status failed: not a git checkout"));
+    }
+    Ok(out.stdout.iter().all(u8::is_ascii_whitespace))
+}
+
+/// `git rev-parse HEAD` in the current directory.
+pub(crate) fn git_head() -> Result<String, CliError> {
+    let out = git(&["rev-parse", "--verify", "HEAD^{commit}"])?;
     let head = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !out.status.success() || head.is_empty() || !head.bytes().all(|b| b.is_ascii_hexdigit()) {
         let why = String::from_utf8_lossy(&out.stderr);

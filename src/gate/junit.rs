@@ -171,7 +171,13 @@ fn required_attribute(start: &BytesStart<'_>, name: &str) -> Result<String, Stri
 /// | `p1_h09_...` | `P1-H09` |
 /// | `inv07_...` | `INV-07` |
 pub fn requirement_id(test_name: &str) -> Option<String> {
-    let name = test_name.rsplit("::").next().unwrap_or(test_name);
+    // The id is on the test function, which may sit inside a module of its
+    // own (`p1_t11_duplicate::sqlite` for a test run on both backends):
+    // the innermost segment that carries an id names it.
+    test_name.rsplit("::").find_map(segment_id)
+}
+
+fn segment_id(name: &str) -> Option<String> {
     let mut parts = name.split('_');
     let first = parts.next()?;
     if let Some(digits) = first.strip_prefix("inv") {

@@ -31,6 +31,8 @@
 //! (successes, trials, raw rate, lower bound, z, threshold, verdict per class,
 //! the flakes). Its input comes from nextest's JUnit report ([`junit`]).
 
+pub mod harness;
+pub mod html;
 pub mod junit;
 pub mod wilson;
 
