@@ -82,16 +82,16 @@ pub enum Command {
     /// Compile the business config: schema, compile checks CC-01..CC-04 (with fixes), the config hash.
     Check,
     /// Run one workflow through the kernel and write a transcript.
-    Run(PendingArgs),
+    Run(RunArgs),
     /// Re-execute a transcript and compare state hash and receipts.
-    Replay(PendingArgs),
+    Replay(ReplayArgs),
     /// Show a run's persisted trace.
     #[command(subcommand)]
     Trace(TraceCommand),
     /// Run one test stage: hygiene, unit, integration_internal, integration_external, golden.
-    Suite(PendingArgs),
+    Suite(SuiteArgs),
     /// Run every stage, gate with the Wilson lower bound, write signed evidence.
-    Gate(PendingArgs),
+    Gate(GateArgs),
     /// Generate the ed25519 key pair that signs gate evidence.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -101,7 +101,7 @@ pub enum Command {
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
     /// Requirement -> test -> latest result, with coverage figures.
-    TraceMatrix(PendingArgs),
+    TraceMatrix(TraceMatrixArgs),
     /// Long-running traffic over all workflows with rolling gates.
     Soak(PendingArgs),
     /// Report the phase entry and exit criteria from the latest evidence.
@@ -142,6 +142,46 @@ pub enum DbCommand {
     },
 }
 
+/// `autobiz run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The run is durable: the store holds its state after every step, each side
+effect runs once under its idempotency key (with a receipt), and a run killed
+at any point continues with `autobiz run --resume RUN_ID` (the transcript is
+appended to). A run that waits for a human prints the request id; decide it
+with `autobiz hitl`, then resume. Exit 0 when the run completed or waits for
+approval, 1 when it failed or was denied.")]
+pub struct RunArgs {
+    /// The workflow id (`WF01`) from the config.
+    #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+    pub workflow: Option<String>,
+    /// The triggering event (a JSON file).
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub event: Option<PathBuf>,
+    /// Where the transcript goes (default .autobiz/transcripts/RUN_ID.jsonl).
+    #[arg(long, value_name = "FILE")]
+    pub transcript: Option<PathBuf>,
+    /// The run id (default: run-<UTC time>-<random>); never reused.
+    #[arg(long, conflicts_with = "resume")]
+    pub run_id: Option<String>,
+    /// Continue a stored run from its last committed step.
+    #[arg(long, value_name = "RUN_ID")]
+    pub resume: Option<String>,
+}
+
+/// `autobiz replay`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Replay re-executes the workflow of --config against the recorded responses
+and clock, and compares every request, state change, the final state hash and
+the receipts. Exit 0 identical; 1 diverged (the first divergent line and step,
+expected and actual); 2 a truncated, corrupt or newer-format transcript, or a
+config other than the one the run used.")]
+pub struct ReplayArgs {
+    /// The transcript (JSON Lines) a run wrote.
+    pub transcript: PathBuf,
+}
+
 /// Arguments of a command that a later release delivers; accepted and ignored
 /// so that scripts written against the documented surface get a clear answer.
 #[derive(Debug, Args)]
@@ -180,7 +220,8 @@ pub struct KeysGenerateArgs {
     pub force: bool,
 }
 
-/// `autobiz deploy`: no flag skips a check.
+/// `autobiz deploy`: no flag skips a check; an override by two approvers
+/// excuses a fail verdict or stale evidence, and is recorded.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Checks, in order (the first that fails stops the deploy, exit 1):
@@ -188,50 +229,224 @@ Checks, in order (the first that fails stops the deploy, exit 1):
   file named by AUTOBIZ_EVIDENCE_PUBKEY (required; exit 2 when unset);
   the statement's commit is `git rev-parse HEAD` of the current directory
   (not a git checkout: exit 2); its config digest is the hash of --config;
-  predicate.verdict is \"pass\".
+  predicate.verdict is \"pass\"; no tracked file is modified; the predicate's
+  schema_version is known and it finished within --max-age (24h).
+Overrides (--override-approver twice, distinct, and --override-reason) excuse
+only a fail verdict or stale evidence. Each deploy allowed is appended to
+.autobiz/deploys.jsonl (evidence sha256, commit, config, override) first.
 Then CMD runs with the terminal's stdin, stdout and stderr, and autobiz exits
 with CMD's exit code (3 when it cannot start). Without CMD: `evidence verified`.")]
 pub struct DeployArgs {
     /// The gate evidence: a DSSE envelope (JSON) holding a signed in-toto statement.
     #[arg(long, value_name = "FILE")]
     pub evidence: PathBuf,
+    /// The oldest evidence accepted (age of the gate's finish time).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_age: std::time::Duration,
+    /// An approver of an override (give two distinct ones): deploy despite a
+    /// `fail` verdict or stale evidence, recorded as an override. Nothing
+    /// overrides the signature, schema, commit, config or a modified tree.
+    #[arg(long, value_name = "NAME")]
+    pub override_approver: Vec<String>,
+    /// Why the override is needed (required with --override-approver).
+    #[arg(long, value_name = "TEXT")]
+    pub override_reason: Option<String>,
     /// The deploy step, after `--`: run only when every check passes.
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
+/// `autobiz suite`: one stage for developers, or the catalogue check.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Runs the stage's tests with `cargo nextest run -E FILTER --profile gate` (the
+filter comes from the catalogue's stage table) and reads nextest's JUnit
+report, never its human output. Exit 1 when a test failed or is missing, the
+stage crashed or timed out, or --check-catalog found a traceability problem;
+2 for an unreadable catalogue; 3 when nextest cannot run.
+AUTOBIZ_NEXTEST replaces `cargo nextest` (e.g. for a wrapper).")]
+pub struct SuiteArgs {
+    /// The stage to run.
+    #[arg(value_enum, required_unless_present = "check_catalog")]
+    pub stage: Option<crate::catalog::Stage>,
+    /// Check the catalogue against the tests nextest lists instead of running.
+    #[arg(long)]
+    pub check_catalog: bool,
+    /// The test catalogue.
+    #[arg(long, default_value = crate::catalog::DEFAULT_PATH)]
+    pub catalog: PathBuf,
+    /// The quarantine file (quarantined tests are marked in the results).
+    #[arg(long, default_value = crate::quarantine::DEFAULT_PATH)]
+    pub quarantine: PathBuf,
+    /// Where to write the stage's JUnit XML (default .autobiz/suite/STAGE.xml).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Wall-clock limit of the run (default: the stage's timeout in the catalogue).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// `autobiz gate`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Stages in catalogue order: hygiene once (it must pass entirely, or nothing
+else runs), then every other stage --runs times. P0: every test passes in
+every run. P1: the Wilson lower bound (two-sided, --confidence) over all P1
+trials must be >= --threshold. Missing results, a crashed or timed-out stage,
+an empty stage that is not planned, a catalogue problem, an expired or P0
+quarantine entry: the gate fails. The evidence (evidence.dsse.json, junit/,
+report.html, logs/) is written whether it passes or fails. Signs with the
+PKCS#8 PEM key file named by AUTOBIZ_EVIDENCE_KEY; without it, exit 2 before
+anything runs, unless --unsigned (then statement.json, which deploy refuses).
+Exit 0 pass, 1 fail.")]
+pub struct GateArgs {
+    /// Runs of each gated stage.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Two-sided confidence of the Wilson interval.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// The least P1 lower bound that passes.
+    #[arg(long, default_value_t = 0.95)]
+    pub threshold: f64,
+    /// The evidence directory (default .autobiz/evidence/<UTC timestamp>/).
+    #[arg(long, value_name = "DIR")]
+    pub evidence_dir: Option<PathBuf>,
+    /// The test catalogue.
+    #[arg(long, default_value = crate::catalog::DEFAULT_PATH)]
+    pub catalog: PathBuf,
+    /// The quarantine file.
+    #[arg(long, default_value = crate::quarantine::DEFAULT_PATH)]
+    pub quarantine: PathBuf,
+    /// Replace every stage's timeout (e.g. 10m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Write unsigned evidence when no key is configured (deploy refuses it).
+    #[arg(long)]
+    pub unsigned: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceMatrixArgs {
+    /// The test catalogue.
+    #[arg(long, default_value = crate::catalog::DEFAULT_PATH)]
+    pub catalog: PathBuf,
+    /// Evidence to take results from (default: the newest under .autobiz/evidence/).
+    #[arg(long, value_name = "FILE")]
+    pub evidence: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineFileArgs {
+    /// The quarantine file.
+    #[arg(long, default_value = crate::quarantine::DEFAULT_PATH)]
+    pub file: PathBuf,
+    /// The test catalogue (a P0 test cannot be quarantined).
+    #[arg(long, default_value = crate::catalog::DEFAULT_PATH)]
+    pub catalog: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum QuarantineCommand {
-    /// List quarantined tests.
-    List(PendingArgs),
-    /// Quarantine a test.
-    Add(PendingArgs),
+    /// List quarantined tests, with their expiry.
+    List {
+        #[command(flatten)]
+        files: QuarantineFileArgs,
+    },
+    /// Quarantine a P1 test (edits the file for review; commit it).
+    Add {
+        /// The test as nextest names it: "BINARY NAME".
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        owner: String,
+        /// Days until the entry expires (an expired entry fails the gate).
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+        #[command(flatten)]
+        files: QuarantineFileArgs,
+    },
     /// Release a test from quarantine.
-    Remove(PendingArgs),
+    Remove {
+        id: String,
+        #[command(flatten)]
+        files: QuarantineFileArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum FakesCommand {
-    /// Start the fakes and print their addresses.
-    Serve(PendingArgs),
+    /// Start the Stripe, Shopify, Printful and SendGrid fakes on loopback
+    /// ports, print their base URLs, and serve until Ctrl-C.
+    Serve(FakesServeArgs),
 }
 
+#[derive(Debug, Args)]
+pub struct FakesServeArgs {
+    /// Loopback address to listen on (each fake takes a free port). Only
+    /// loopback addresses are accepted: the fakes take any test key.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+}
+
+/// `autobiz hitl`: the tenant's approval requests (`--tenant` required).
 #[derive(Debug, Subcommand)]
+#[command(after_help = "\
+Exit codes: 1 when the request is already decided (HITL_ALREADY_DECIDED), expired
+(HITL_EXPIRED) or the approver is not one of the rule's approvers
+(HITL_APPROVER_NOT_ALLOWED); 2 for an id the tenant does not have (HITL_NOT_FOUND).")]
 pub enum HitlCommand {
-    /// Pending approval requests.
-    List(PendingArgs),
-    /// Approve a request.
-    Approve(PendingArgs),
-    /// Deny a request.
-    Deny(PendingArgs),
+    /// Approval requests: id, run, step, tool, status, approvers, expiry.
+    List {
+        /// Which requests: pending ones, or every request with its decision.
+        #[arg(long, value_enum, default_value_t = HitlStatusFilter::Pending)]
+        status: HitlStatusFilter,
+    },
+    /// Approve a pending request; the paused run resumes. Final and audited.
+    Approve {
+        /// The request id (`hitl_...`, from `hitl list`).
+        id: String,
+        /// Who decides (must be one of the rule's approvers when it lists any).
+        #[arg(long, value_name = "WHO")]
+        approver: String,
+        /// Why (recorded with the decision).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Deny a pending request; the paused run ends with the reason. Final and audited.
+    Deny {
+        /// The request id (`hitl_...`, from `hitl list`).
+        id: String,
+        /// Who decides (must be one of the rule's approvers when it lists any).
+        #[arg(long, value_name = "WHO")]
+        approver: String,
+        /// Why: becomes the run's termination reason.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HitlStatusFilter {
+    Pending,
+    All,
+}
+
+/// `autobiz breaker`: the tenant's circuit breakers (`--tenant` required).
 #[derive(Debug, Subcommand)]
 pub enum BreakerCommand {
-    /// Every breaker and its state.
-    List(PendingArgs),
-    /// Close a breaker (audited).
-    Reset(PendingArgs),
+    /// Every breaker the tenant has used: state, recent failures, since when.
+    List,
+    /// Close a breaker whatever its state (audited; exit 2 with
+    /// BREAKER_NOT_FOUND for a name the tenant never used).
+    Reset {
+        /// The dependency, e.g. `stripe`.
+        name: String,
+        /// Who resets it (recorded in the audit log).
+        #[arg(long, value_name = "WHO")]
+        by: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

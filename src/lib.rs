@@ -6,13 +6,20 @@
 //! * [`gate`]: the deploy gate's arithmetic (Wilson lower bound, P0/P1
 //!   verdicts, flakes) and its input, nextest's JUnit report.
 //! * [`evidence`]: signed gate evidence (in-toto statement, DSSE, Ed25519).
+//! * [`catalog`]: the test catalogue (`suites/catalog.toml`) and its
+//!   traceability check; [`quarantine`]: the reviewed quarantine file;
+//!   [`nextest`]: listing and running tests through cargo-nextest.
 //! * [`report`]: how results and errors are shown (human or JSON) and the
 //!   mapping of errors to exit codes.
 
+pub mod catalog;
 pub mod cli;
 mod commands;
 pub mod evidence;
 pub mod gate;
+pub mod nextest;
+mod progress;
+pub mod quarantine;
 pub mod report;
 
 use std::process::ExitCode;

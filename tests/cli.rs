@@ -49,21 +49,7 @@ fn help_lists_the_whole_command_surface_and_the_exit_codes() {
 #[test]
 fn commands_of_later_releases_say_so_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [
-        vec!["run", "WF01", "--event", "e.json"],
-        vec!["replay", "t.jsonl"],
-        vec!["suite", "unit"],
-        vec!["gate", "--runs", "3"],
-        vec!["quarantine", "list"],
-        vec!["trace-matrix"],
-        vec!["soak", "--days", "7"],
-        vec!["exit-criteria"],
-        vec!["serve"],
-        vec!["fakes", "serve"],
-        vec!["hitl", "list"],
-        vec!["breaker", "reset", "stripe"],
-        vec!["reconcile", "run"],
-    ] {
+    for args in [vec!["soak", "--days", "7"], vec!["exit-criteria"], vec!["serve"], vec!["reconcile", "run"]] {
         autobiz(dir.path()).args(&args).assert().code(2).stderr(predicate::str::contains("error[NOT_YET_AVAILABLE]"));
     }
 }
@@ -84,7 +70,12 @@ fn db_migrate_on_the_embedded_default_creates_the_file_and_is_idempotent() {
         autobiz(dir.path()).args(["--format", "json", "db", "migrate"]).assert().success().get_output().stdout.clone();
     let v = json_of(&out);
     assert_eq!(v["changed"], serde_json::json!([]));
-    assert_eq!(v["current"], 1);
+    let latest = autobiz_kernel::store::migrator(autobiz_kernel::store::Backend::Sqlite)
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap();
+    assert_eq!(v["current"], latest);
     assert_eq!(v["backend"], "sqlite");
     autobiz(dir.path()).args(["db", "status"]).assert().success().stdout(predicate::str::contains("foundation"));
 }
@@ -102,7 +93,7 @@ fn db_downgrade_needs_confirmation_then_reverts() {
         .args(["db", "downgrade", "--to", "0", "--yes"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("reverted 0001"));
+        .stdout(predicate::str::contains("reverted ").and(predicate::str::contains("0001; schema now at version 0")));
     autobiz(dir.path()).args(["db", "migrate"]).assert().success().stdout(predicate::str::contains("applied 0001"));
 }
 

@@ -20,23 +20,46 @@
 //!   executor; [`assembly::Assembly`] builds both from a checked config.
 //! * [`redaction::RedactionPolicy`]: what of a tool call may reach a persisted
 //!   trace (allowlist, sensitive names, scanners that raise alerts).
+//! * [`state`]: entity state changed only by RFC 6902 patches, versioned,
+//!   with optimistic locking (`Store::apply_patch`).
+//! * [`idempotency::IdempotencyKey`]: INV-05 keys (SHA-256 over RFC 8785) and
+//!   the claim protocol (`Store::idempotency_begin` / `_complete`), so a side
+//!   effect runs once; [`receipts`]: the immutable evidence of each effect,
+//!   and tool blocks for effects that could not be receipted.
+//! * [`hitl`]: human approvals (INV-07): the `when` condition language, the
+//!   approval lifecycle as a state machine persisted in `hitl_requests`, and
+//!   the Slack adapter.
+//! * [`breaker::Breakers`]: circuit breakers per dependency, their state in
+//!   the database so every process shares it.
+//! * [`providers`]: HTTP clients of Stripe, Shopify, Printful and SendGrid as
+//!   tools, behind the [`providers::SandboxGuard`] and an outbound audit.
 //! * [`Error`]: one error type with stable [`ErrorCode`]s.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map and invariants.
 
 pub mod assembly;
 pub mod bounds;
+pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod contract;
+pub mod engine;
 mod error;
 pub mod executor;
+pub mod hitl;
+pub mod idempotency;
 pub mod permission;
+pub mod providers;
+pub mod receipts;
 pub mod redaction;
+pub mod replay;
+pub mod run;
 pub mod secrets;
+pub mod state;
 pub mod store;
 pub mod tenant;
 pub mod trace;
+pub mod transcript;
 pub mod workflow;
 
 pub use error::{Error, ErrorClass, ErrorCode, Result};

@@ -1,12 +1,21 @@
 //! One module per command. Each takes parsed arguments, calls the kernel and
 //! hands the outcome to the [`Reporter`].
 
+mod breaker;
 mod check;
 mod db;
 mod deploy;
+mod fakes;
+mod gate;
+mod hitl;
 mod keys;
+mod quarantine;
+mod replay;
+mod run;
 mod secrets;
+mod suite;
 mod trace;
+mod trace_matrix;
 
 use std::process::ExitCode;
 
@@ -22,21 +31,21 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Db(cmd) => db::run(global, cmd, reporter).await,
         Command::Check => check::run(global, reporter),
         Command::Secrets(args) => secrets::run(global, args, reporter).await,
-        Command::Run(_) => not_yet("run", "the workflow executor"),
-        Command::Replay(_) => not_yet("replay", "transcripts and deterministic replay"),
+        Command::Run(args) => run::run(global, args, reporter).await,
+        Command::Replay(args) => replay::run(global, args.transcript, reporter),
         Command::Trace(cmd) => trace::run(global, cmd, reporter).await,
-        Command::Suite(_) => not_yet("suite", "the test harness"),
-        Command::Gate(_) => not_yet("gate", "the gate harness"),
+        Command::Suite(args) => suite::run(args, reporter).await,
+        Command::Gate(args) => gate::run(global, args, reporter).await,
         Command::Keys(cmd) => keys::run(cmd, reporter),
         Command::Deploy(args) => deploy::run(global, args, reporter),
-        Command::Quarantine(_) => not_yet("quarantine", "flake detection and quarantine"),
-        Command::TraceMatrix(_) => not_yet("trace-matrix", "the test catalogue"),
+        Command::Quarantine(cmd) => quarantine::run(cmd, reporter),
+        Command::TraceMatrix(args) => trace_matrix::run(args, reporter).await,
         Command::Soak(_) => not_yet("soak", "the soak harness"),
         Command::ExitCriteria(_) => not_yet("exit-criteria", "the soak harness"),
         Command::Serve(_) => not_yet("serve", "webhook ingress and the approval API"),
-        Command::Fakes(_) => not_yet("fakes serve", "the provider fakes"),
-        Command::Hitl(_) => not_yet("hitl", "human approvals"),
-        Command::Breaker(_) => not_yet("breaker", "circuit breakers"),
+        Command::Fakes(cmd) => fakes::run(cmd, reporter).await,
+        Command::Hitl(cmd) => hitl::run(global, cmd, reporter).await,
+        Command::Breaker(cmd) => breaker::run(global, cmd, reporter).await,
         Command::Reconcile(_) => not_yet("reconcile", "reconciliation"),
     }
 }

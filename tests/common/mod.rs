@@ -25,6 +25,7 @@ pub fn autobiz(dir: &Path) -> Command {
         "AUTOBIZ_LOG",
         "AUTOBIZ_EVIDENCE_KEY",
         "AUTOBIZ_EVIDENCE_PUBKEY",
+        "AUTOBIZ_NEXTEST",
         "GIT_DIR",
         "GIT_WORK_TREE",
     ] {
@@ -36,4 +37,18 @@ pub fn autobiz(dir: &Path) -> Command {
 /// Parse a command's stdout as JSON, or fail with what it printed.
 pub fn json_of(out: &[u8]) -> Value {
     serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+/// `git ARGS` in `dir` with a fixed identity and no signing; its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .args(["-c", "user.name=autobiz test", "-c", "user.email=test@autobiz.invalid", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
