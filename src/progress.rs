@@ -41,8 +41,9 @@ impl Spinner {
 }
 
 impl Progress for Spinner {
-    fn stage_started(&self, stage: Stage, run: u32, runs: u32, tests: usize) {
-        self.bar.set_message(format!("{} run {run}/{runs}: {tests} tests", stage.as_str()));
+    fn stage_started(&self, stage: Stage, run: u32, runs: u32, tests: Option<usize>) {
+        let count = tests.map(|n| format!(": {n} tests")).unwrap_or_default();
+        self.bar.set_message(format!("{} run {run}/{runs}{count}", stage.as_str()));
     }
 
     fn stage_finished(&self, stage: Stage, run: u32, status: &RunStatus) {

@@ -13,6 +13,9 @@ use crate::progress::Spinner;
 use crate::quarantine::Quarantine;
 use crate::report::{CliError, Reporter, table};
 
+/// How long the list waits so that the run takes cargo's build lock first.
+const LIST_DELAY: std::time::Duration = std::time::Duration::from_millis(150);
+
 pub async fn run(args: SuiteArgs, reporter: &Reporter) -> Result<ExitCode, CliError> {
     let catalog = Catalog::load(&args.catalog)?;
     let nextest = Nextest::from_env();
@@ -34,10 +37,6 @@ pub async fn run(args: SuiteArgs, reporter: &Reporter) -> Result<ExitCode, CliEr
     let Some(filter) = catalog.stage_filter(stage) else {
         return Err(CliError::refused("STAGE_EMPTY", format!("stage {} selects no test", stage.as_str())));
     };
-    let listing = nextest.list(Some(&filter)).await?;
-    if listing.tests.is_empty() {
-        return Err(CliError::refused("STAGE_EMPTY", format!("stage {} selects no test ({filter})", stage.as_str())));
-    }
     let timeout = match args.timeout {
         Some(t) => t,
         None => decl.timeout()?,
@@ -46,10 +45,25 @@ pub async fn run(args: SuiteArgs, reporter: &Reporter) -> Result<ExitCode, CliEr
     let ctx =
         harness::StageContext { nextest: &nextest, catalog: &catalog, quarantine: &quarantine, out_dir: &out_dir };
     let spinner = Spinner::new(reporter);
-    harness::Progress::stage_started(&spinner, stage, 1, 1, listing.tests.len());
-    let record = harness::run_stage_once(&ctx, stage, &filter, &listing.tests, 1, timeout).await;
+    harness::Progress::stage_started(&spinner, stage, 1, 1, None);
+    // The list of tests the run must report (so a missing one fails) is
+    // taken beside the run, not before it: both are cargo invocations, and
+    // in sequence the second cargo start-up was most of the harness's
+    // overhead over bare nextest. The list starts a moment later so the run
+    // takes cargo's build lock first; the list then waits for that build
+    // and reads the same binaries while the tests run.
+    let log = ctx.log_path(stage, 1);
+    let listing = async {
+        tokio::time::sleep(LIST_DELAY).await;
+        nextest.list(Some(&filter)).await
+    };
+    let (ran, listing) = tokio::join!(nextest.run(&filter, &log, timeout), listing);
     spinner.finish();
-    let record = record?;
+    let (ran, listing) = (ran?, listing?);
+    if listing.tests.is_empty() {
+        return Err(CliError::refused("STAGE_EMPTY", format!("stage {} selects no test ({filter})", stage.as_str())));
+    }
+    let record = harness::record_run(&ctx, &listing.tests, 1, ran);
     let junit = args.junit.unwrap_or_else(|| out_dir.join(format!("{}.xml", stage.as_str())));
     if !record.junit_xml.is_empty() {
         write_file(&junit, record.junit_xml.as_bytes())?;

@@ -145,7 +145,8 @@ pub struct Traceability {
 
 /// Progress callbacks, so the command can drive a progress bar.
 pub trait Progress {
-    fn stage_started(&self, stage: Stage, run: u32, runs: u32, tests: usize);
+    /// `tests`: how many the run selects, when already known.
+    fn stage_started(&self, stage: Stage, run: u32, runs: u32, tests: Option<usize>);
     fn stage_finished(&self, stage: Stage, run: u32, status: &RunStatus);
 }
 
@@ -167,9 +168,23 @@ pub async fn run_stage_once(
     run: u32,
     timeout: Duration,
 ) -> Result<RunRecord, CliError> {
-    let StageContext { nextest, catalog, quarantine, out_dir } = *ctx;
-    let log = out_dir.join("logs").join(format!("{}-run{run}.log", stage.as_str()));
-    let StageRun { status, cases, junit_xml, duration } = nextest.run(filter, &log, timeout).await?;
+    let ran = ctx.nextest.run(filter, &ctx.log_path(stage, run), timeout).await?;
+    Ok(record_run(ctx, expected, run, ran))
+}
+
+impl StageContext<'_> {
+    /// nextest's own output of one run: `logs/<stage>-run<N>.log`.
+    pub fn log_path(&self, stage: Stage, run: u32) -> PathBuf {
+        self.out_dir.join("logs").join(format!("{}-run{run}.log", stage.as_str()))
+    }
+}
+
+/// Compare what one run reported with the tests it was expected to run: an
+/// expected test absent from the report is `Missing` (a failed trial), and
+/// a reported test nobody expected is kept as P1.
+pub fn record_run(ctx: &StageContext<'_>, expected: &[ListedTest], run: u32, ran: StageRun) -> RunRecord {
+    let StageContext { catalog, quarantine, .. } = *ctx;
+    let StageRun { status, cases, junit_xml, duration } = ran;
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     for case in &cases {
         let id = format!("{} {}", case.binary, case.test_name);
@@ -198,7 +213,7 @@ pub async fn run_stage_once(
     }
     let count = |o| tests.iter().filter(|t| t.outcome == o).count();
     let (passed, failed, missing) = (count(Outcome::Passed), count(Outcome::Failed), count(Outcome::Missing));
-    Ok(RunRecord {
+    RunRecord {
         run,
         status,
         duration_ms: duration.as_millis() as u64,
@@ -208,7 +223,7 @@ pub async fn run_stage_once(
         missing,
         tests,
         junit_xml,
-    })
+    }
 }
 
 /// Run the whole gate. Errors are for inputs that stop it before anything
@@ -303,7 +318,7 @@ pub async fn run_gate(
             }
         }
         for run in 1..=runs {
-            progress.stage_started(stage, run, runs, listed.len());
+            progress.stage_started(stage, run, runs, Some(listed.len()));
             let mut rec = run_stage_once(
                 &StageContext { nextest, catalog, quarantine, out_dir: &options.out_dir },
                 stage,
