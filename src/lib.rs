@@ -9,6 +9,8 @@
 //! * [`catalog`]: the test catalogue (`suites/catalog.toml`) and its
 //!   traceability check; [`quarantine`]: the reviewed quarantine file;
 //!   [`nextest`]: listing and running tests through cargo-nextest.
+//! * [`hygiene`]: the repository scan of the hygiene suite (no live keys,
+//!   no live hosts in the data a run reads).
 //! * [`report`]: how results and errors are shown (human or JSON) and the
 //!   mapping of errors to exit codes.
 
@@ -17,6 +19,7 @@ pub mod cli;
 mod commands;
 pub mod evidence;
 pub mod gate;
+pub mod hygiene;
 pub mod nextest;
 mod progress;
 pub mod quarantine;

@@ -23,7 +23,7 @@ fn http_get(base: &str, path: &str) -> (String, String) {
 }
 
 #[test]
-fn fakes_serve_prints_four_loopback_urls_that_answer_health_checks() {
+fn p1_h04_fakes_serve_prints_four_loopback_urls_that_answer_health_checks() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("autobiz"))
         .current_dir(dir.path())

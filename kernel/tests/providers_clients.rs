@@ -529,7 +529,7 @@ async fn p1_t12_printful_create_of_an_existing_order_reads_it_back_only_if_it_is
 // --- SendGrid and the sandbox guard (P1-H01) ------------------------------------
 
 #[tokio::test]
-async fn sendgrid_sends_in_sandbox_mode_outside_production() {
+async fn p1_h03_sendgrid_sends_in_sandbox_mode_outside_production() {
     let e = env(1).await;
     let v = e
         .call(
@@ -564,7 +564,7 @@ async fn sendgrid_in_production_sends_for_real_with_a_message_id() {
 }
 
 #[tokio::test]
-async fn sandbox_recipient_outside_the_allowlist_is_refused_before_any_request() {
+async fn p1_h03_sandbox_recipient_outside_the_allowlist_is_refused_before_any_request() {
     let e = env(1).await;
     let err = e
         .call("sendgrid.mail.send", None, json!({"to": "someone@gmail.com", "template": "t", "data": {}}))
@@ -597,7 +597,7 @@ async fn p1_h01_live_keys_are_refused_before_any_request() {
 }
 
 #[tokio::test]
-async fn sandbox_hosts_off_the_allowlist_are_refused_and_audited() {
+async fn p1_h02_sandbox_hosts_off_the_allowlist_are_refused_and_audited() {
     let e = env(1).await;
     // Point Printful at its real host: refused before any connection.
     let mut eps = endpoints(&e.fakes);
@@ -633,7 +633,7 @@ async fn sandbox_hosts_off_the_allowlist_are_refused_and_audited() {
 }
 
 #[tokio::test]
-async fn every_outbound_request_is_audited_with_destination_and_no_secrets() {
+async fn p1_h06_every_outbound_request_is_audited_with_destination_and_no_secrets() {
     let e = env(3).await;
     e.fakes.stripe.inject(Fault::Status500);
     e.authorize(&key(60), 900).await;
