@@ -128,9 +128,10 @@ pub(super) async fn create(p: &Providers, call: &CallContext, input: &Value) -> 
 /// and every requested field (variant, quantity, files...) equal in order.
 fn same_items(requested: &Value, held: &Value) -> bool {
     match (requested.as_array(), held.as_array()) {
-        (Some(r), Some(h)) if r.len() == h.len() => r.iter().zip(h).all(|(want, have)| {
-            want.as_object().is_some_and(|w| w.iter().all(|(k, v)| have.get(k) == Some(v)))
-        }),
+        (Some(r), Some(h)) if r.len() == h.len() => r
+            .iter()
+            .zip(h)
+            .all(|(want, have)| want.as_object().is_some_and(|w| w.iter().all(|(k, v)| have.get(k) == Some(v)))),
         _ => false,
     }
 }
