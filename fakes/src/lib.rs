@@ -1,5 +1,6 @@
 //! Faithful fakes of the four providers the example business talks to:
-//! Stripe, Shopify, Printful and SendGrid, each a [`wiremock::MockServer`]
+//! Stripe, Shopify, Printful and SendGrid (and an OpenAI-compatible LLM,
+//! [`LlmFake`]), each a [`wiremock::MockServer`]
 //! on a loopback port with its own state.
 //!
 //! They speak each provider's documented request and response shapes and
@@ -21,6 +22,7 @@
 //! `fakes/README.md` lists which provider behaviours are reproduced and
 //! which are not.
 
+mod llm;
 mod printful;
 mod sendgrid;
 mod server;
@@ -29,6 +31,7 @@ mod stripe;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+pub use llm::{LLM_FAKE_FINGERPRINT, LlmState};
 pub use printful::PrintfulState;
 pub use sendgrid::{SendgridState, SentMail};
 pub use server::{FakeServer, Fault, HEALTH_PATH, RecordedRequest};
@@ -51,6 +54,10 @@ pub const SHOPIFY_API_VERSION: &str = "2024-10";
 /// [`ShopifyState::seed_order`]), so that a person exploring by hand has
 /// something to fetch.
 pub const SEEDED_SHOPIFY_ORDER: u64 = 1001;
+
+/// The OpenAI-compatible LLM fake (started on its own, [`LlmFake::start`]:
+/// the four provider fakes do not need it).
+pub type LlmFake = FakeServer<LlmState>;
 
 /// The four fakes, each on its own port.
 pub struct Fakes {
@@ -132,5 +139,28 @@ impl PrintfulFake {
 impl SendgridFake {
     pub fn sent(&self) -> Vec<SentMail> {
         self.with_state(|s| s.sent())
+    }
+}
+
+impl LlmFake {
+    /// Start the LLM fake on `127.0.0.1`, on a free port.
+    pub async fn start_loopback() -> LlmFake {
+        let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        FakeServer::start(bind, LlmState::default()).await.expect("binding a free loopback port")
+    }
+
+    /// The API base a client is given (`http://127.0.0.1:PORT/v1`).
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.uri())
+    }
+
+    /// See [`LlmState::script`].
+    pub fn script(&self, content: impl Into<String>) {
+        self.with_state(|s| s.script(content));
+    }
+
+    /// Completions served, in order.
+    pub fn served(&self) -> Vec<serde_json::Value> {
+        self.with_state(|s| s.served())
     }
 }

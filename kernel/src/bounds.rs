@@ -45,6 +45,14 @@ pub enum Termination {
     HitlDenied,
     /// Nobody decided the step's approval request in time.
     HitlTimeout,
+    /// The model's reply was not a proposal at all (not JSON, no tool): the
+    /// pinned model or prompt does not follow the agent protocol.
+    AgentReplyInvalid,
+    /// Neither LLM endpoint answered (`LLM_UNAVAILABLE`).
+    LlmUnavailable,
+    /// The LLM refused the request or answered garbage (`LLM_REJECTED`,
+    /// `LLM_BAD_RESPONSE`, `LLM_CASSETTE_MISS`).
+    LlmFailed,
 }
 
 impl Termination {
@@ -66,6 +74,9 @@ impl Termination {
             Termination::TraceWriteFailed => "trace_write_failed",
             Termination::HitlDenied => "hitl_denied",
             Termination::HitlTimeout => "hitl_timeout",
+            Termination::AgentReplyInvalid => "agent_reply_invalid",
+            Termination::LlmUnavailable => "llm_unavailable",
+            Termination::LlmFailed => "llm_failed",
         }
     }
 }

@@ -112,6 +112,11 @@ impl CompiledSchema {
         Ok(CompiledSchema { source: closed, validator })
     }
 
+    /// The schema as enforced (objects closed): what an agent is shown.
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+
     /// Every violation, in a stable order (by path, then message).
     pub fn violations(&self, value: &Value) -> Vec<SchemaViolation> {
         let mut v: Vec<SchemaViolation> = self

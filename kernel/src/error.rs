@@ -95,6 +95,12 @@ pub enum ErrorCode {
     SandboxLiveKeyRefused,
     SandboxHostRefused,
     SandboxRecipientRefused,
+    LlmUnavailable,
+    LlmBadResponse,
+    LlmRejected,
+    LlmCassetteMiss,
+    AgentReplyInvalid,
+    AgentToolNotAllowed,
 }
 
 impl ErrorCode {
@@ -167,6 +173,12 @@ impl ErrorCode {
             ErrorCode::SandboxLiveKeyRefused => "SANDBOX_LIVE_KEY_REFUSED",
             ErrorCode::SandboxHostRefused => "SANDBOX_HOST_REFUSED",
             ErrorCode::SandboxRecipientRefused => "SANDBOX_RECIPIENT_REFUSED",
+            ErrorCode::LlmUnavailable => "LLM_UNAVAILABLE",
+            ErrorCode::LlmBadResponse => "LLM_BAD_RESPONSE",
+            ErrorCode::LlmRejected => "LLM_REJECTED",
+            ErrorCode::LlmCassetteMiss => "LLM_CASSETTE_MISS",
+            ErrorCode::AgentReplyInvalid => "AGENT_REPLY_INVALID",
+            ErrorCode::AgentToolNotAllowed => "AGENT_TOOL_NOT_ALLOWED",
         }
     }
 
@@ -205,7 +217,9 @@ impl ErrorCode {
             | ProviderIdempotencyConflict
             | SandboxLiveKeyRefused
             | SandboxHostRefused
-            | SandboxRecipientRefused => ErrorClass::Refused,
+            | SandboxRecipientRefused
+            | LlmRejected
+            | AgentToolNotAllowed => ErrorClass::Refused,
             InvalidInput
             | DatabaseUrlInvalid
             | StoreNotMigrated
@@ -228,11 +242,12 @@ impl ErrorCode {
             | HitlNotFound
             | BreakerNotFound
             | ProviderNotFound
-            | ProviderAuthFailed => ErrorClass::Input,
+            | ProviderAuthFailed
+            | LlmCassetteMiss => ErrorClass::Input,
             StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo
             | ToolTimeout | ToolFailed | TraceWriteFailed | RunTransitionInvalid | TranscriptIo
             | ReceiptWriteFailed | NotifyFailed | CircuitOpen | ProviderRateLimited | ProviderUnavailable
-            | ProviderBadResponse => ErrorClass::Infrastructure,
+            | ProviderBadResponse | LlmUnavailable | LlmBadResponse | AgentReplyInvalid => ErrorClass::Infrastructure,
         }
     }
 }
@@ -300,5 +315,8 @@ mod tests {
         assert_eq!(ErrorCode::MasterKeyInvalid.class(), ErrorClass::Input);
         assert_eq!(ErrorCode::StoreUnavailable.class(), ErrorClass::Infrastructure);
         assert_eq!(ErrorCode::StoreCorrupt.class(), ErrorClass::Infrastructure);
+        assert_eq!(ErrorCode::LlmUnavailable.class(), ErrorClass::Infrastructure);
+        assert_eq!(ErrorCode::LlmRejected.class(), ErrorClass::Refused);
+        assert_eq!(ErrorCode::from_code("LLM_BAD_RESPONSE"), Some(ErrorCode::LlmBadResponse));
     }
 }

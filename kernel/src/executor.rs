@@ -722,6 +722,40 @@ impl Executor {
         Ok(d.store.idempotency_complete(&run.ctx, claim, output, &new).await?.receipt_id)
     }
 
+    /// Trace one LLM call of the run (an agent turn) as a `model_call`
+    /// record: the pin, endpoint and attempts in `detail`, tokens, requests
+    /// and cost in `cost`. The tokens count against `max_tokens`, so a
+    /// talkative model ends the run like a token-hungry tool would.
+    pub async fn record_model_call(&self, run: &mut Run, completion: &crate::llm::Completion) -> Result<()> {
+        self.ensure_live(run)?;
+        let tool = format!("llm:{}", completion.pin.model);
+        let mut rec = self.record(run, RecordKind::ModelCall);
+        rec.tool = Some(tool.clone());
+        rec.cost = Cost {
+            tokens: completion.usage.total(),
+            provider_calls: u64::from(completion.attempts),
+            micro_usd: completion.cost_micro_usd,
+        };
+        rec.detail = Some(completion.trace_detail());
+        run.cost.add(rec.cost);
+        self.write(run, rec).await?;
+        if let Err(t) = run.bounds.add_tokens(completion.usage.total()) {
+            return Err(self.end_on_bound(run, t, Some(tool)).await);
+        }
+        Ok(())
+    }
+
+    /// Trace a refusal decided outside [`Executor::call`] (an agent's
+    /// proposal for a tool its step does not allow, a model reply that is
+    /// not a proposal) and return the error, or the trace failure that
+    /// ended the run.
+    pub async fn record_rejection(&self, run: &mut Run, tool: &str, input: &Value, e: Error) -> Error {
+        if let Err(dead) = self.ensure_live(run) {
+            return dead;
+        }
+        self.reject(run, tool, input, None, e).await
+    }
+
     /// End the run normally (or with the caller's reason).
     pub async fn finish(&self, run: &mut Run, termination: Termination) -> Result<()> {
         self.ensure_live(run)?;

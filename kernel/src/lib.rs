@@ -33,6 +33,9 @@
 //!   the database so every process shares it.
 //! * [`providers`]: HTTP clients of Stripe, Shopify, Printful and SendGrid as
 //!   tools, behind the [`providers::SandboxGuard`] and an outbound audit.
+//! * [`llm`]: the OpenAI-compatible LLM client (model and prompt pinned per
+//!   run, primary and fallback endpoints, tokens and cost per call, VCR
+//!   cassettes) and the agent step, whose proposals go through the executor.
 //! * [`Error`]: one error type with stable [`ErrorCode`]s.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map and invariants.
@@ -48,6 +51,7 @@ mod error;
 pub mod executor;
 pub mod hitl;
 pub mod idempotency;
+pub mod llm;
 pub mod permission;
 pub mod providers;
 pub mod receipts;

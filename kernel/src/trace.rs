@@ -27,6 +27,8 @@ pub enum RecordKind {
     Rejection,
     LoopDetected,
     RedactionAlert,
+    /// One LLM call (an agent turn): pin, endpoint, tokens, cost.
+    ModelCall,
     RunEnd,
 }
 
