@@ -88,6 +88,16 @@ fn is_data_file(path: &str) -> bool {
     data_dir && data_ext
 }
 
+/// Names that never resolve to a real host (RFC 2606, RFC 6761): the
+/// reserved top-level domains and the example domains. Fixtures and
+/// cassettes use them as labels for endpoints (`primary.llm.invalid`).
+fn reserved(url: &url::Url) -> bool {
+    let host = url.host_str().unwrap_or_default().trim_end_matches('.').to_ascii_lowercase();
+    let tld = host.rsplit('.').next().unwrap_or_default();
+    matches!(tld, "test" | "example" | "invalid" | "localhost")
+        || ["example.com", "example.org", "example.net"].iter().any(|d| host == *d || host.ends_with(&format!(".{d}")))
+}
+
 fn fingerprint(matched: &str) -> String {
     hex::encode(&Sha256::digest(matched.as_bytes())[..8])
 }
@@ -114,7 +124,7 @@ pub fn scan_text(path: &str, text: &str) -> Vec<Finding> {
         }
         for m in URL.find_iter(line) {
             let Ok(url) = url::Url::parse(m.as_str()) else { continue };
-            if guard.check_destination("hygiene", &url).is_err() {
+            if guard.check_destination("hygiene", &url).is_err() && !reserved(&url) {
                 let host = url.host_str().unwrap_or_default().to_owned();
                 found.push(Finding {
                     path: path.to_owned(),
@@ -263,6 +273,63 @@ pub fn walk_files(root: &Path) -> Result<Vec<PathBuf>, CliError> {
     Ok(files)
 }
 
+/// What is wrong with one cassette (P1-H05), empty when nothing: it must
+/// be VCR JSON with at least one interaction; every request a chat
+/// completion (`model`, `messages`) to a loopback or reserved-name host
+/// (`primary.llm.invalid`), carrying none of the headers the recorder strips
+/// (`Authorization`, API keys, cookies); every response a status and, when
+/// 2xx, a chat-completion body. `used_by` lists the files (tests, golden
+/// scenarios) that name the cassette: one nobody replays has drifted from
+/// its scenario.
+pub fn check_cassette(name: &str, text: &str, used_by: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let doc: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return vec![format!("{name}: not JSON: {e}")],
+    };
+    let Some(interactions) = doc["http_interactions"].as_array().filter(|a| !a.is_empty()) else {
+        return vec![format!("{name}: no `http_interactions`")];
+    };
+    let guard = SandboxGuard::sandbox();
+    for (i, x) in interactions.iter().enumerate() {
+        let req = &x["request"];
+        let at = format!("{name}: interaction {i}");
+        match req["uri"].as_str().map(url::Url::parse) {
+            Some(Ok(u)) if guard.check_destination("hygiene", &u).is_ok() || reserved(&u) => {}
+            Some(Ok(u)) => problems.push(format!("{at}: request to host {}", u.host_str().unwrap_or_default())),
+            _ => problems.push(format!("{at}: request without a URI")),
+        }
+        if let Some(headers) = req["headers"].as_object() {
+            for h in headers.keys() {
+                if autobiz_kernel::llm::cassette::STRIPPED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                    problems.push(format!("{at}: request header {h} (a credential) was recorded"));
+                }
+            }
+        }
+        let body = |v: &serde_json::Value| {
+            v["body"]["string"].as_str().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        };
+        match body(req) {
+            Some(b) if b["model"].is_string() && b["messages"].is_array() => {}
+            _ => problems.push(format!("{at}: the request is not a chat completion (`model`, `messages`)")),
+        }
+        let resp = &x["response"];
+        match resp["status"]["code"].as_u64() {
+            Some(code) if (200..300).contains(&code) => {
+                if body(resp).is_none_or(|b| !b["choices"].is_array()) {
+                    problems.push(format!("{at}: a {code} answer without `choices`"));
+                }
+            }
+            Some(_) => {}
+            None => problems.push(format!("{at}: response without a status code")),
+        }
+    }
+    if used_by.is_empty() {
+        problems.push(format!("{name}: no test or scenario replays it"));
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +368,11 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].line, found[0].kind, found[0].what.as_str()), (2, Kind::LiveHost, "host api.stripe.com"));
         assert_eq!(scan_text("cassettes/c.json", "{\"uri\": \"https://api.openai.com/v1/chat\"}").len(), 1);
+        // Reserved names never resolve: labels, not hosts.
+        let labels =
+            "a = \"http://primary.llm.invalid/v1\"\nb = \"https://shop.example.com/x\"\nc = \"http://x.test/\"";
+        assert_eq!(scan_text("cassettes/c.json", labels), []);
+        assert_eq!(scan_text("cassettes/c.json", "\"https://example.com.evil.io/\"").len(), 1);
         // Documentation and code may name real hosts.
         assert_eq!(scan_text("README.md", text), []);
         assert_eq!(scan_text("kernel/src/providers/mod.rs", text), []);

@@ -1,4 +1,4 @@
-//! The hygiene suite's repository checks (P1-H01, P1-H02, P1-H09): run
+//! The hygiene suite's repository checks (P1-H01, H02, H05, H09): run
 //! first by the gate, because a committed live key or live host makes every
 //! later stage unsafe to run. The run-time halves (the sandbox guard
 //! refusing live keys, hosts and recipients before any request, P1-H01..H03
@@ -72,10 +72,13 @@ fn p1_h01_a_planted_live_key_or_live_host_fails_the_scan() {
     assert!(!show(&scan.findings).contains(&key), "the key is never shown");
 }
 
+/// A step of a run and its visit number.
+type StepVisit = (String, u64);
+
 /// (step, visit) pairs of one transcript: the side effects it made (a call
 /// that carried an idempotency key and succeeded) and the receipts its
 /// `run_end` lists.
-fn effects_and_receipts(lines: &[Value]) -> (BTreeSet<(String, u64)>, BTreeSet<(String, u64)>) {
+fn effects_and_receipts(lines: &[Value]) -> (BTreeSet<StepVisit>, BTreeSet<StepVisit>) {
     let at = |l: &Value| (l["step"].as_str().unwrap_or_default().to_owned(), l["visit"].as_u64().unwrap_or(0));
     let keyed: BTreeSet<_> =
         lines.iter().filter(|l| l["kind"] == "tool_request" && l["idempotency_key"].is_string()).map(at).collect();
@@ -115,4 +118,50 @@ fn p1_h09_every_side_effect_of_a_recorded_run_has_a_receipt() {
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} transcripts in {}", dir.display());
+}
+
+/// Files under `dirs` (relative to the root) whose text names `needle`.
+fn files_naming(dirs: &[&str], needle: &str) -> Vec<String> {
+    let root = root();
+    let mut found = Vec::new();
+    for dir in dirs {
+        for rel in hygiene::walk_files(&root.join(dir)).unwrap() {
+            let path = root.join(dir).join(&rel);
+            if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(needle)) {
+                found.push(format!("{dir}/{}", rel.display()));
+            }
+        }
+    }
+    found
+}
+
+/// Every cassette parses, holds only chat completions to labelled or
+/// loopback endpoints without credentials, and is replayed by a test or
+/// scenario (P1-H05); a cassette with a recorded key, a real host or no
+/// user is refused.
+#[test]
+fn p1_h05_every_cassette_parses_has_no_credentials_and_is_replayed() {
+    let dir = root().join("cassettes");
+    let mut checked = 0;
+    for rel in hygiene::walk_files(&dir).unwrap() {
+        let name = rel.display().to_string();
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(dir.join(&rel)).unwrap();
+        let used_by = files_naming(&["kernel/tests", "tests", "golden"], &name);
+        let problems = hygiene::check_cassette(&name, &text, &used_by);
+        assert!(problems.is_empty(), "{problems:#?}");
+        checked += 1;
+
+        // The check can fail: plant a key, a real host, drop every user.
+        let mut doc: Value = serde_json::from_str(&text).unwrap();
+        let req = &mut doc["http_interactions"][0]["request"];
+        req["headers"]["Authorization"] = serde_json::json!(["Bearer sk-planted"]);
+        req["uri"] = serde_json::json!("https://api.openai.com/v1/chat/completions");
+        let planted = hygiene::check_cassette(&name, &doc.to_string(), &[]);
+        assert_eq!(planted.len(), 3, "{planted:#?}");
+        assert_eq!(hygiene::check_cassette(&name, "[]", &used_by).len(), 1);
+    }
+    assert!(checked >= 1, "no cassette in {}", dir.display());
 }
