@@ -122,7 +122,7 @@ struct CatalogFile {
 }
 
 /// A test as nextest lists it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ListedTest {
     /// nextest's binary id: `autobiz`, `autobiz-kernel::executor`.
     pub binary_id: String,

@@ -40,6 +40,9 @@ pub struct Nextest {
 pub struct Listing {
     pub tests: Vec<ListedTest>,
     pub target_dir: PathBuf,
+    /// Every test binary the list read (matching tests or not): what the
+    /// list is a function of. `None` when the list did not name them all.
+    pub binaries: Option<Vec<PathBuf>>,
 }
 
 /// How one run of a stage ended.
@@ -86,6 +89,8 @@ struct BuildMeta {
 #[derive(Deserialize)]
 struct SuiteJson {
     kind: String,
+    #[serde(rename = "binary-path", default)]
+    binary_path: Option<PathBuf>,
     testcases: std::collections::BTreeMap<String, CaseJson>,
 }
 
@@ -223,7 +228,12 @@ pub fn parse_list(bytes: &[u8]) -> Result<Listing, CliError> {
         CliError::input("RESULTS_MALFORMED", format!("`nextest list` did not print its documented JSON: {e}"))
     })?;
     let mut tests = Vec::new();
+    let mut binaries = Some(Vec::new());
     for (binary_id, suite) in list.suites {
+        binaries = binaries.zip(suite.binary_path).map(|(mut all, path)| {
+            all.push(path);
+            all
+        });
         for (name, case) in suite.testcases {
             if case.filter_match.status == "matches" {
                 tests.push(ListedTest { binary_id: binary_id.clone(), kind: suite.kind.clone(), name });
@@ -231,7 +241,89 @@ pub fn parse_list(bytes: &[u8]) -> Result<Listing, CliError> {
         }
     }
     tests.sort();
-    Ok(Listing { tests, target_dir: list.build_meta.target_directory })
+    if let Some(b) = binaries.as_mut() {
+        b.sort();
+    }
+    Ok(Listing { tests, target_dir: list.build_meta.target_directory, binaries })
+}
+
+/// A test list kept between runs of `autobiz suite`, so that a re-run of
+/// unchanged binaries needs one cargo invocation (the run), not two.
+///
+/// Listing is a pure function of the test binaries (nextest runs each with
+/// `--list`) and the filter, so the cache names both: the nextest command,
+/// the filter, and every binary the list read with its size and
+/// modification time (what cargo and make trust too). It is used only when
+/// every binary is unchanged *after* the run's own build, and only when the
+/// run reported no test outside it (a new test binary); anything else lists
+/// again. A wrong or unreadable cache file is ignored, never trusted.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListCache {
+    program: Vec<String>,
+    filter: String,
+    binaries: Vec<BinaryStamp>,
+    tests: Vec<ListedTest>,
+    target_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct BinaryStamp {
+    path: PathBuf,
+    size: u64,
+    modified_ns: u128,
+}
+
+impl BinaryStamp {
+    fn of(path: &Path) -> Option<BinaryStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        let modified_ns = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+        Some(BinaryStamp { path: path.to_owned(), size: meta.len(), modified_ns })
+    }
+}
+
+impl ListCache {
+    /// The cache of `listing`, or `None` when a binary cannot be stamped.
+    pub fn of(nextest: &Nextest, filter: &str, listing: &Listing) -> Option<ListCache> {
+        Some(ListCache {
+            program: nextest.program.clone(),
+            filter: filter.to_owned(),
+            binaries: listing.binaries.as_ref()?.iter().map(|b| BinaryStamp::of(b)).collect::<Option<_>>()?,
+            tests: listing.tests.clone(),
+            target_dir: listing.target_dir.clone(),
+        })
+    }
+
+    /// The cached listing at `path`, if it is for this nextest and filter
+    /// and every binary it read is unchanged.
+    pub fn load(path: &Path, nextest: &Nextest, filter: &str) -> Option<Listing> {
+        let cache: ListCache = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let fresh = cache.program == nextest.program
+            && cache.filter == filter
+            && cache.binaries.iter().all(|b| BinaryStamp::of(&b.path).as_ref() == Some(b));
+        fresh.then(|| Listing {
+            tests: cache.tests,
+            target_dir: cache.target_dir,
+            binaries: Some(cache.binaries.into_iter().map(|b| b.path).collect()),
+        })
+    }
+
+    /// Write the cache; failing to is not an error (the next run lists).
+    pub fn save(&self, path: &Path) {
+        if let (Some(dir), Ok(bytes)) = (path.parent(), serde_json::to_vec(self)) {
+            let tmp = path.with_extension("tmp");
+            let _ = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, path));
+        }
+    }
+}
+
+/// Whether every test a run reported is in `listing` (else the listing is
+/// older than the binaries: a test binary was added).
+pub fn listing_covers(listing: &Listing, run: &StageRun) -> bool {
+    let listed: std::collections::BTreeSet<(&str, &str)> =
+        listing.tests.iter().map(|t| (t.binary_id.as_str(), t.name.as_str())).collect();
+    run.cases.iter().all(|c| listed.contains(&(c.binary.as_str(), c.test_name.as_str())))
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -257,5 +349,61 @@ mod tests {
         );
         let e = parse_list(b"running 3 tests\n").unwrap_err();
         assert_eq!((e.code.as_str(), e.exit), ("RESULTS_MALFORMED", 2));
+    }
+
+    fn listing_of(bins: &[PathBuf]) -> Listing {
+        Listing {
+            tests: vec![ListedTest { binary_id: "b".into(), kind: "lib".into(), name: "t1".into() }],
+            target_dir: PathBuf::from("target"),
+            binaries: Some(bins.to_vec()),
+        }
+    }
+
+    fn run_of(cases: &[(&str, &str)]) -> StageRun {
+        StageRun {
+            status: RunStatus::Completed { exit_code: 0 },
+            cases: cases
+                .iter()
+                .map(|(b, t)| JunitCase {
+                    binary: (*b).into(),
+                    test_name: (*t).into(),
+                    outcome: crate::gate::Outcome::Passed,
+                })
+                .collect(),
+            junit_xml: String::new(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// The cached list is trusted only for the same nextest, filter and
+    /// unchanged binaries; a rebuilt or removed binary, another filter, a
+    /// garbled file or a run reporting an unlisted test all mean: list again.
+    #[test]
+    fn p1_t18_a_cached_list_is_used_only_while_its_binaries_are_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("test-bin");
+        std::fs::write(&bin, b"binary v1").unwrap();
+        let cache = dir.path().join("unit.list.json");
+        let nextest = Nextest { program: vec!["cargo".into(), "nextest".into()] };
+        let listing = listing_of(std::slice::from_ref(&bin));
+        ListCache::of(&nextest, "kind(lib)", &listing).unwrap().save(&cache);
+        let loaded = ListCache::load(&cache, &nextest, "kind(lib)").expect("fresh");
+        assert_eq!(loaded.tests, listing.tests);
+        assert!(ListCache::load(&cache, &nextest, "kind(test)").is_none(), "another filter");
+        let other = Nextest { program: vec!["fake-nextest".into()] };
+        assert!(ListCache::load(&cache, &other, "kind(lib)").is_none(), "another nextest");
+        assert!(listing_covers(&loaded, &run_of(&[("b", "t1")])));
+        assert!(!listing_covers(&loaded, &run_of(&[("b", "t1"), ("new-bin", "t9")])), "a new binary's test");
+
+        std::fs::write(&bin, b"binary v2, rebuilt").unwrap();
+        assert!(ListCache::load(&cache, &nextest, "kind(lib)").is_none(), "a rebuilt binary");
+        ListCache::of(&nextest, "kind(lib)", &listing).unwrap().save(&cache);
+        std::fs::remove_file(&bin).unwrap();
+        assert!(ListCache::load(&cache, &nextest, "kind(lib)").is_none(), "a removed binary");
+        std::fs::write(&cache, b"{garbage").unwrap();
+        assert!(ListCache::load(&cache, &nextest, "kind(lib)").is_none(), "a garbled cache");
+        // A list that does not name its binaries (a scripted nextest) is never cached.
+        let unnamed = Listing { binaries: None, ..listing_of(&[]) };
+        assert!(ListCache::of(&nextest, "kind(lib)", &unnamed).is_none());
     }
 }

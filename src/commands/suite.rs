@@ -8,7 +8,7 @@ use crate::catalog::{Catalog, Stage};
 use crate::cli::SuiteArgs;
 use crate::gate::Outcome;
 use crate::gate::harness::{self, write_file};
-use crate::nextest::{Nextest, RunStatus};
+use crate::nextest::{ListCache, Listing, Nextest, RunStatus, listing_covers};
 use crate::progress::Spinner;
 use crate::quarantine::Quarantine;
 use crate::report::{CliError, Reporter, table};
@@ -46,20 +46,33 @@ pub async fn run(args: SuiteArgs, reporter: &Reporter) -> Result<ExitCode, CliEr
         harness::StageContext { nextest: &nextest, catalog: &catalog, quarantine: &quarantine, out_dir: &out_dir };
     let spinner = Spinner::new(reporter);
     harness::Progress::stage_started(&spinner, stage, 1, 1, None);
-    // The list of tests the run must report (so a missing one fails) is
-    // taken beside the run, not before it: both are cargo invocations, and
-    // in sequence the second cargo start-up was most of the harness's
-    // overhead over bare nextest. The list starts a moment later so the run
-    // takes cargo's build lock first; the list then waits for that build
-    // and reads the same binaries while the tests run.
+    // The run must report every test the stage selects (a missing one
+    // fails), so the harness needs the list, from a second cargo
+    // invocation, which in sequence was most of its overhead over bare
+    // nextest. So: a list cached from an earlier run is reused while the
+    // binaries it read are unchanged (checked again after the run's own
+    // build); without one, the list is taken beside the run, starting a
+    // moment later so that the run takes cargo's build lock first.
     let log = ctx.log_path(stage, 1);
-    let listing = async {
-        tokio::time::sleep(LIST_DELAY).await;
-        nextest.list(Some(&filter)).await
+    let cache_path = out_dir.join(format!("{}.list.json", stage.as_str()));
+    let (ran, listing) = if ListCache::load(&cache_path, &nextest, &filter).is_some() {
+        let ran = nextest.run(&filter, &log, timeout).await;
+        spinner.finish();
+        let ran = ran?;
+        let listing = match ListCache::load(&cache_path, &nextest, &filter) {
+            Some(l) if listing_covers(&l, &ran) => l,
+            _ => fresh_list(&nextest, &filter, &cache_path).await?,
+        };
+        (ran, listing)
+    } else {
+        let listing = async {
+            tokio::time::sleep(LIST_DELAY).await;
+            fresh_list(&nextest, &filter, &cache_path).await
+        };
+        let (ran, listing) = tokio::join!(nextest.run(&filter, &log, timeout), listing);
+        spinner.finish();
+        (ran?, listing?)
     };
-    let (ran, listing) = tokio::join!(nextest.run(&filter, &log, timeout), listing);
-    spinner.finish();
-    let (ran, listing) = (ran?, listing?);
     if listing.tests.is_empty() {
         return Err(CliError::refused("STAGE_EMPTY", format!("stage {} selects no test ({filter})", stage.as_str())));
     }
@@ -110,6 +123,15 @@ pub async fn run(args: SuiteArgs, reporter: &Reporter) -> Result<ExitCode, CliEr
         }),
     );
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(crate::report::exit::SAID_NO) })
+}
+
+/// List the stage's tests and keep the list for the next run.
+async fn fresh_list(nextest: &Nextest, filter: &str, cache: &std::path::Path) -> Result<Listing, CliError> {
+    let listing = nextest.list(Some(filter)).await?;
+    if let Some(c) = ListCache::of(nextest, filter, &listing) {
+        c.save(cache);
+    }
+    Ok(listing)
 }
 
 fn status_text(status: &RunStatus, ok: bool) -> String {
