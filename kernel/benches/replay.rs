@@ -74,6 +74,7 @@ fn setup() -> (Workflow, Executor) {
             },
             next: None,
             on_error: None,
+            agent: None,
         })
         .collect();
     (Workflow { id: "WF99".into(), name: "bench".into(), steps }, exec)

@@ -17,10 +17,11 @@ use crate::config::model::{self, Model, WILDCARD};
 use crate::contract::{PriceModel, ToolContract, ToolRegistry};
 use crate::error::{Error, ErrorCode, Result};
 use crate::executor::Executor;
+use crate::llm::{AllowedTool, PromptTemplate};
 use crate::permission::{EXECUTE, PermissionEnforcer, Scope, Tenants};
 use crate::redaction::RedactionPolicy;
 use crate::trace::TraceSink;
-use crate::workflow::{Step, Workflow};
+use crate::workflow::{AgentSpec, Step, Workflow};
 
 /// A workflow ready to run: its steps, the principal it runs as, its bounds.
 #[derive(Debug, Clone)]
@@ -102,19 +103,48 @@ impl Assembly {
                 .steps
                 .iter()
                 .map(|s| {
-                    let tool = model.resolve_tool(&s.tool).ok_or_else(|| {
-                        Error::new(
-                            ErrorCode::ConfigInvalid,
-                            format!("workflow {} step {}: tool {:?} does not resolve", wf.id, s.id, s.tool),
-                        )
-                    })?;
+                    let resolve = |reference: &str| {
+                        model.resolve_tool(reference).ok_or_else(|| {
+                            Error::new(
+                                ErrorCode::ConfigInvalid,
+                                format!("workflow {} step {}: tool {reference:?} does not resolve", wf.id, s.id),
+                            )
+                        })
+                    };
+                    let (tool, version, agent) = match (&s.tool, &s.agent) {
+                        (Some(reference), None) => {
+                            let tool = resolve(reference)?;
+                            (tool.name.clone(), tool.version.clone(), None)
+                        }
+                        (None, Some(a)) => {
+                            let tools = a
+                                .tools
+                                .iter()
+                                .map(|r| resolve(r).map(|t| AllowedTool::new(&t.name, &t.version)))
+                                .collect::<Result<Vec<_>>>()?;
+                            let agent = AgentSpec {
+                                model: a.model.clone(),
+                                prompt: PromptTemplate::new(a.prompt.clone()),
+                                tools,
+                                max_turns: a.max_turns.map(clamp_u32),
+                            };
+                            (String::new(), String::new(), Some(agent))
+                        }
+                        _ => {
+                            return Err(Error::new(
+                                ErrorCode::ConfigInvalid,
+                                format!("workflow {} step {}: exactly one of tool and agent", wf.id, s.id),
+                            ));
+                        }
+                    };
                     Ok(Step {
                         id: s.id.clone(),
-                        tool: tool.name.clone(),
-                        version: tool.version.clone(),
+                        tool,
+                        version,
                         input: serde_json::Value::Object(s.input.clone().unwrap_or_default()),
                         next: s.next.clone(),
                         on_error: s.on_error.clone(),
+                        agent,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -9,19 +9,20 @@
 //! is written to the transcript first-hand, in the order it happened, so that
 //! [`crate::replay`] can re-execute the run and check it.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::bounds::{Bounds, Termination};
 use crate::contract::{SideEffect, ToolContract};
 use crate::error::{Error, ErrorCode, Result};
 use crate::executor::{CallOptions, Executor, Run};
+use crate::llm::{AgentStep, LlmClient};
 use crate::run::{Command, Patch, RunState, RunStatus, StepCall, StepOutcome, idempotency_key, receipt_digest};
 use crate::store::{NewRun, Store};
 use crate::tenant::EntityId;
 use crate::tenant::TenantContext;
 use crate::trace::Cost;
 use crate::transcript::{Entry, ReceiptDigest, TranscriptWriter};
-use crate::workflow::{Workflow, termination_for};
+use crate::workflow::{AgentSpec, Workflow, termination_for};
 
 /// What the approval policy says of one call.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,17 +91,99 @@ pub struct RunReport {
     pub waiting_for: Option<String>,
 }
 
+/// Whether this engine runs agent steps.
+#[derive(Clone, Copy)]
+enum Agents<'a> {
+    /// The durable engine (a store, or a transcript meant to be replayed):
+    /// a workflow with an agent step is refused before it starts, since
+    /// model turns are not recorded for replay yet.
+    Durable,
+    /// The store-less runner ([`Workflow::run_with_llm`]), with the client
+    /// agent steps decide with, if any.
+    InMemory(Option<&'a LlmClient>),
+}
+
 /// Drives runs through an executor.
 pub struct Engine<'a> {
     exec: &'a Executor,
     approvals: Option<&'a dyn ApprovalPolicy>,
     store: Option<&'a Store>,
     transcript_path: Option<String>,
+    agents: Agents<'a>,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(exec: &'a Executor) -> Self {
-        Engine { exec, approvals: None, store: None, transcript_path: None }
+        Engine { exec, approvals: None, store: None, transcript_path: None, agents: Agents::Durable }
+    }
+
+    /// Run agent steps with `llm` (store-less runs only: the transcript of
+    /// such a run does not hold the model's turns and cannot be replayed).
+    pub(crate) fn in_memory_agents(mut self, llm: Option<&'a LlmClient>) -> Self {
+        self.agents = Agents::InMemory(llm);
+        self
+    }
+
+    /// `AGENT_STEP_UNSUPPORTED` for a workflow with an agent step in a
+    /// durable run.
+    fn refuse_durable_agents(&self, workflow: &Workflow) -> Result<()> {
+        if let (Agents::Durable, Some(step)) = (self.agents, workflow.steps.iter().find(|s| s.agent.is_some())) {
+            return Err(Error::new(
+                ErrorCode::AgentStepUnsupported,
+                format!(
+                    "workflow {} step {} is an agent step: agent steps are not yet supported in durable runs (the store-less Workflow::run runs them)",
+                    workflow.id, step.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Run one agent step: the model proposes, the executor decides. Its
+    /// output is the final answer with the calls that ran.
+    async fn agent_step(&self, run: &mut Run, agent: &AgentSpec, call: &StepCall) -> Result<Value> {
+        let refused = |code: ErrorCode, message: String| Error::new(code, message);
+        let llm = match self.agents {
+            Agents::InMemory(Some(llm)) => Ok(llm),
+            Agents::InMemory(None) => Err(refused(
+                ErrorCode::AgentLlmMissing,
+                format!("agent step {} needs an LLM client; run the workflow with Workflow::run_with_llm", call.step),
+            )),
+            Agents::Durable => Err(refused(
+                ErrorCode::AgentStepUnsupported,
+                format!("agent step {}: agent steps are not yet supported in durable runs", call.step),
+            )),
+        };
+        let llm = match llm {
+            Ok(llm) if llm.pin().model != agent.model || llm.pin().prompt_template_sha256 != agent.prompt.sha256() => {
+                Err(refused(
+                    ErrorCode::AgentPinMismatch,
+                    format!(
+                        "agent step {} is pinned to model {} with prompt sha256 {}, but the LLM client to model {} with prompt sha256 {}",
+                        call.step,
+                        agent.model,
+                        agent.prompt.sha256(),
+                        llm.pin().model,
+                        llm.pin().prompt_template_sha256
+                    ),
+                ))
+            }
+            other => other,
+        };
+        let llm = match llm {
+            Ok(llm) => llm,
+            Err(e) => {
+                return Err(self.exec.record_rejection(run, &format!("agent:{}", call.step), &call.input, e).await);
+            }
+        };
+        let step = AgentStep::new(&call.step, agent.tools.clone()).with_max_turns(agent.max_turns);
+        let outcome = step.run(self.exec, run, llm, &call.input, &call.input).await?;
+        let calls: Vec<Value> = outcome
+            .calls
+            .into_iter()
+            .map(|c| json!({ "tool": c.tool, "version": c.version, "input": c.input, "output": c.output }))
+            .collect();
+        Ok(json!({ "final": outcome.output, "calls": calls, "turns": outcome.turns }))
     }
 
     /// Keep runs in `store`: registered, their state versioned step by step,
@@ -125,6 +208,7 @@ impl<'a> Engine<'a> {
     /// so [`Engine::resume`] can pick it up after a crash.
     pub async fn run(&self, spec: &RunSpec<'_>, transcript: &mut TranscriptWriter) -> Result<RunReport> {
         spec.workflow.validate()?;
+        self.refuse_durable_agents(spec.workflow)?;
         let state = RunState::new(spec.workflow, &spec.run_id, spec.event.clone());
         // Version 1 is the initial state, stored (durable runs) before the
         // first step; each transition makes the next version.
@@ -168,6 +252,7 @@ impl<'a> Engine<'a> {
             return Err(Error::new(ErrorCode::InvalidInput, "only a run kept in a store can be resumed"));
         };
         spec.workflow.validate()?;
+        self.refuse_durable_agents(spec.workflow)?;
         let entity = run_entity(spec)?;
         if store.run_record(&spec.ctx, &spec.run_id).await?.is_none() {
             return Err(Error::new(ErrorCode::RunNotFound, format!("no run {} in this store", spec.run_id)));
@@ -215,6 +300,7 @@ impl<'a> Engine<'a> {
         transcript: &mut TranscriptWriter,
     ) -> Result<RunReport> {
         let mut waiting_for = None;
+        let has_agents = spec.workflow.has_agent_steps();
         loop {
             let call = match state.next(spec.workflow) {
                 Ok(Command::Done) => break,
@@ -228,6 +314,34 @@ impl<'a> Engine<'a> {
                     break;
                 }
             };
+            let agent = if has_agents {
+                spec.workflow.steps.iter().find(|s| s.id == call.step).and_then(|s| s.agent.as_ref())
+            } else {
+                None
+            };
+            if let Some(agent) = agent {
+                // Each turn is a step of the run (AgentStep begins it); the
+                // store-less transcript keeps only the state patches.
+                let result = self.agent_step(&mut run, agent, &call).await;
+                let outcome = StepOutcome::from_result(&result);
+                let ended = match &result {
+                    Err(e) if e.code() == ErrorCode::TraceWriteFailed || run.termination().is_some() => {
+                        Some(run.termination().unwrap_or_else(|| termination_for(e.code())))
+                    }
+                    _ => None,
+                };
+                let patch = match (ended, &outcome) {
+                    (Some(t), StepOutcome::Err { code, message }) => {
+                        state.stop(Some(&call.step), t, &format!("{code}: {message}"))?
+                    }
+                    (Some(t), StepOutcome::Ok { .. }) => {
+                        state.stop(Some(&call.step), t, "the run ended during the agent step")?
+                    }
+                    (None, _) => state.apply(spec.workflow, &call, &outcome)?,
+                };
+                self.commit(spec, transcript, &mut version, patch).await?;
+                continue;
+            }
             let contract = self.exec.registry().lookup(&call.tool, &call.version).ok();
             let mut approved = false;
             if let (Some(policy), Some(contract)) = (self.approvals, contract) {

@@ -101,6 +101,9 @@ pub enum ErrorCode {
     LlmCassetteMiss,
     AgentReplyInvalid,
     AgentToolNotAllowed,
+    AgentLlmMissing,
+    AgentPinMismatch,
+    AgentStepUnsupported,
 }
 
 impl ErrorCode {
@@ -179,6 +182,9 @@ impl ErrorCode {
             ErrorCode::LlmCassetteMiss => "LLM_CASSETTE_MISS",
             ErrorCode::AgentReplyInvalid => "AGENT_REPLY_INVALID",
             ErrorCode::AgentToolNotAllowed => "AGENT_TOOL_NOT_ALLOWED",
+            ErrorCode::AgentLlmMissing => "AGENT_LLM_MISSING",
+            ErrorCode::AgentPinMismatch => "AGENT_PIN_MISMATCH",
+            ErrorCode::AgentStepUnsupported => "AGENT_STEP_UNSUPPORTED",
         }
     }
 
@@ -219,7 +225,8 @@ impl ErrorCode {
             | SandboxHostRefused
             | SandboxRecipientRefused
             | LlmRejected
-            | AgentToolNotAllowed => ErrorClass::Refused,
+            | AgentToolNotAllowed
+            | AgentStepUnsupported => ErrorClass::Refused,
             InvalidInput
             | DatabaseUrlInvalid
             | StoreNotMigrated
@@ -243,7 +250,9 @@ impl ErrorCode {
             | BreakerNotFound
             | ProviderNotFound
             | ProviderAuthFailed
-            | LlmCassetteMiss => ErrorClass::Input,
+            | LlmCassetteMiss
+            | AgentLlmMissing
+            | AgentPinMismatch => ErrorClass::Input,
             StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo
             | ToolTimeout | ToolFailed | TraceWriteFailed | RunTransitionInvalid | TranscriptIo
             | ReceiptWriteFailed | NotifyFailed | CircuitOpen | ProviderRateLimited | ProviderUnavailable

@@ -449,6 +449,7 @@ mod tests {
             input,
             next: next.map(Into::into),
             on_error: on_error.map(Into::into),
+            agent: None,
         };
         Workflow {
             id: "WF01".into(),

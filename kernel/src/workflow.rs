@@ -8,6 +8,11 @@
 //! (or the following one; `"end"` ends the run), and after a failed step to
 //! its `on_error` step if it has one. Otherwise a failure ends the run with a
 //! termination reason matching the error. `max_steps` bounds every cycle.
+//!
+//! An agent step ([`AgentSpec`]) runs [`crate::llm::AgentStep`] instead of
+//! one tool: the model proposes calls of the step's tools, each through the
+//! executor, until its final answer, which (with the executed calls) is the
+//! step's output. Only this store-less runner runs agent steps.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +22,7 @@ use crate::bounds::{Bounds, Termination};
 use crate::engine::{Engine, RunSpec};
 use crate::error::{Error, ErrorCode, Result};
 use crate::executor::Executor;
+use crate::llm::{AllowedTool, LlmClient, PromptTemplate};
 use crate::tenant::TenantContext;
 use crate::trace::Cost;
 use crate::transcript::TranscriptWriter;
@@ -28,11 +34,35 @@ pub const END: &str = "end";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub id: String,
+    /// The tool of a tool step (empty for an agent step).
     pub tool: String,
     pub version: String,
+    /// The tool's input; for an agent step, the task given to the model
+    /// (resolved the same way) and the variables of its prompt.
     pub input: Value,
     pub next: Option<String>,
     pub on_error: Option<String>,
+    /// Set for an agent step: the model proposes the calls.
+    pub agent: Option<AgentSpec>,
+}
+
+/// What an agent step runs: the model and prompt its client must be pinned
+/// to, the tools it may propose, its turn limit. Agent steps run only in the
+/// store-less runner ([`Workflow::run_with_llm`]); the durable engine refuses
+/// them (`AGENT_STEP_UNSUPPORTED`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    pub model: String,
+    pub prompt: PromptTemplate,
+    pub tools: Vec<AllowedTool>,
+    pub max_turns: Option<u32>,
+}
+
+impl Workflow {
+    /// Does any step of this workflow run an agent?
+    pub fn has_agent_steps(&self) -> bool {
+        self.steps.iter().any(|s| s.agent.is_some())
+    }
 }
 
 /// A declared workflow.
@@ -86,10 +116,31 @@ impl Workflow {
     }
 
     /// Run the workflow for `event` under `ctx`, in memory (no transcript
-    /// file, no approval policy): the [`Engine`] does the work.
+    /// file, no approval policy): the [`Engine`] does the work. Without an
+    /// LLM client an agent step fails with `AGENT_LLM_MISSING`; see
+    /// [`Workflow::run_with_llm`].
     pub async fn run(
         &self,
         exec: &Executor,
+        ctx: &TenantContext,
+        run_id: &str,
+        bounds: Bounds,
+        event: Value,
+        pins: Value,
+    ) -> Result<Outcome> {
+        self.run_with_llm(exec, None, ctx, run_id, bounds, event, pins).await
+    }
+
+    /// [`Workflow::run`] with the LLM client agent steps decide with. The
+    /// client must be pinned to the step's `model` and `prompt`
+    /// (`AGENT_PIN_MISMATCH` otherwise); every model call is traced with
+    /// that pin. An agent step's output is `{"final": <the model's final
+    /// answer>, "calls": [{tool, version, input, output}...], "turns": n}`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_with_llm(
+        &self,
+        exec: &Executor,
+        llm: Option<&LlmClient>,
         ctx: &TenantContext,
         run_id: &str,
         bounds: Bounds,
@@ -105,7 +156,8 @@ impl Workflow {
             pins,
             config_hash: String::new(),
         };
-        let report = Engine::new(exec).run(&spec, &mut TranscriptWriter::to(Box::new(std::io::sink()))).await?;
+        let engine = Engine::new(exec).in_memory_agents(llm);
+        let report = engine.run(&spec, &mut TranscriptWriter::to(Box::new(std::io::sink()))).await?;
         Ok(Outcome {
             run_id: report.run_id,
             termination: report.termination.unwrap_or(Termination::Completed),
@@ -200,6 +252,7 @@ mod tests {
             input: json!({}),
             next: next.map(Into::into),
             on_error: on_error.map(Into::into),
+            agent: None,
         }
     }
 

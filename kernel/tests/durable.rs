@@ -186,6 +186,7 @@ fn workflow() -> Workflow {
         input,
         next: None,
         on_error: None,
+        agent: None,
     };
     Workflow {
         id: "WF01".into(),

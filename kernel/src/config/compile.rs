@@ -5,12 +5,12 @@
 //!
 //! | code | rule |
 //! | --- | --- |
-//! | `CC-01` | tool closure: every step `tool`, HITL rule `tool`, scope `tools` entry (except `*`) and `compensate_with` names a declared tool (a `compensate_with` may name a step of the same workflow instead); a step or a compensation must name exactly one tool (pin `name@version` when several versions are declared) |
-//! | `CC-02` | bounds: all four top-level limits > 0, and a workflow's `bounds` never looser than the top-level ones |
-//! | `CC-03` | scopes: every tool a workflow can call (steps and tool compensations) is allowed for its `principal` by a scope; `*` never covers a `FINANCIAL` tool |
+//! | `CC-01` | tool closure: every step `tool`, agent step `agent.tools` entry, HITL rule `tool`, scope `tools` entry (except `*`) and `compensate_with` names a declared tool (a `compensate_with` may name a step of the same workflow instead); a step or a compensation must name exactly one tool (pin `name@version` when several versions are declared) |
+//! | `CC-02` | bounds: all four top-level limits > 0, a workflow's `bounds` never looser than the top-level ones, and an agent step's `max_turns` within 1 ..= the workflow's `max_steps` |
+//! | `CC-03` | scopes: every tool a workflow can call (steps, agent steps' tools and tool compensations) is allowed for its `principal` by a scope; `*` never covers a `FINANCIAL` tool |
 //! | `CC-04` | every `FINANCIAL` tool has a HITL rule; no rule for one has `policy = "AUTO_APPROVE"` or `on_timeout = "PROCEED"` |
 //! | `TOOL_SCHEMA_INVALID` | a tool's `input_schema` / `output_schema` does not compile as a JSON Schema (no remote `$ref`) |
-//! | `CONFIG_INVALID` | duplicate tool (name + version), workflow id, or step id within a workflow |
+//! | `CONFIG_INVALID` | duplicate tool (name + version), workflow id, or step id within a workflow; a step with both or neither of `tool` and `agent` |
 //! | `HITL_CONDITION_INVALID` | a HITL rule's `when` that does not parse, or does not type-check against the input schema of a tool the rule names (unknown field, a number compared with a string, not boolean); the message names the rule index, the column and what was expected |
 
 use std::collections::BTreeMap;
@@ -40,6 +40,7 @@ pub fn compile(model: &Model) -> Vec<Diagnostic> {
     tool_schemas(model, &mut out);
     cc01_tool_closure(model, &mut out);
     cc02_bounds(model, &mut out);
+    cc02_agent_turns(model, &mut out);
     cc03_scopes(model, &mut out);
     cc04_financial_hitl(model, &mut out);
     hitl_conditions(model, &mut out);
@@ -91,6 +92,19 @@ fn duplicates(model: &Model, out: &mut Vec<Diagnostic>) {
                 ));
             } else {
                 steps.insert(&step.id, s);
+            }
+        }
+        // Exactly one of `tool` and `agent` (the schema's oneOf, for models
+        // built in code).
+        for (s, step) in wf.steps.iter().enumerate() {
+            if step.tool.is_some() == step.agent.is_some() {
+                let has = if step.tool.is_some() { "both `tool` and `agent`" } else { "neither `tool` nor `agent`" };
+                out.push(diag(
+                    invalid,
+                    format!("/workflows/{w}/steps/{s}"),
+                    format!("step \"{}\" of {} has {has}", step.id, wf.id),
+                    Some("give the step either tool = \"...\" or agent = { model, prompt, tools }".into()),
+                ));
             }
         }
         // Branch targets: a step of the same workflow, or "end".
@@ -210,11 +224,27 @@ fn cc01_tool_closure(model: &Model, out: &mut Vec<Diagnostic>) {
     };
     for (w, wf) in model.workflows.iter().enumerate() {
         for (s, step) in wf.steps.iter().enumerate() {
-            let what = format!("step \"{}\" of {}: tool", step.id, wf.id);
-            match distinct_versions(model, &step.tool) {
-                0 => push(format!("/workflows/{w}/steps/{s}/tool"), unknown_tool(model, &what, &step.tool, &[])),
-                1 => {}
-                _ => push(format!("/workflows/{w}/steps/{s}/tool"), ambiguous_tool(model, &what, &step.tool)),
+            let mut refs: Vec<(String, String, &str)> = Vec::new();
+            if let Some(tool) = step.tool.as_deref() {
+                refs.push((
+                    format!("step \"{}\" of {}: tool", step.id, wf.id),
+                    format!("/workflows/{w}/steps/{s}/tool"),
+                    tool,
+                ));
+            }
+            for (k, tool) in step.agent.iter().flat_map(|a| a.tools.iter()).enumerate() {
+                refs.push((
+                    format!("agent step \"{}\" of {}: tool", step.id, wf.id),
+                    format!("/workflows/{w}/steps/{s}/agent/tools/{k}"),
+                    tool,
+                ));
+            }
+            for (what, path, tool) in refs {
+                match distinct_versions(model, tool) {
+                    0 => push(path, unknown_tool(model, &what, tool, &[])),
+                    1 => {}
+                    _ => push(path, ambiguous_tool(model, &what, tool)),
+                }
             }
             let Some(comp) = step.compensate_with.as_deref() else { continue };
             if wf.step(comp).is_some() {
@@ -293,6 +323,39 @@ fn cc02_bounds(model: &Model, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// CC-02 for agent steps: `max_turns` within 1 ..= the workflow's
+/// `max_steps` (each turn is a step of the run).
+fn cc02_agent_turns(model: &Model, out: &mut Vec<Diagnostic>) {
+    for (w, wf) in model.workflows.iter().enumerate() {
+        let max_steps = wf.effective_bounds(&model.bounds).max_steps;
+        for (s, step) in wf.steps.iter().enumerate() {
+            let Some(turns) = step.agent.as_ref().and_then(|a| a.max_turns) else { continue };
+            let path = format!("/workflows/{w}/steps/{s}/agent/max_turns");
+            if turns == 0 {
+                out.push(diag(
+                    CC02_BOUNDS,
+                    path,
+                    format!(
+                        "{}: agent step \"{}\" has max_turns = 0; an agent needs at least one turn",
+                        wf.id, step.id
+                    ),
+                    Some(format!("set max_turns between 1 and {max_steps}")),
+                ));
+            } else if turns > max_steps {
+                out.push(diag(
+                    CC02_BOUNDS,
+                    path,
+                    format!(
+                        "{}: agent step \"{}\" has max_turns = {turns}, more than the workflow's bounds.max_steps = {max_steps}; each turn is a step",
+                        wf.id, step.id
+                    ),
+                    Some(format!("lower max_turns to at most {max_steps}")),
+                ));
+            }
+        }
+    }
+}
+
 fn cc03_scopes(model: &Model, out: &mut Vec<Diagnostic>) {
     for (w, wf) in model.workflows.iter().enumerate() {
         if !model.scopes.iter().any(|s| s.principal == wf.principal) {
@@ -322,7 +385,11 @@ fn cc03_scopes(model: &Model, out: &mut Vec<Diagnostic>) {
                         .iter()
                         .any(|sc| sc.principal == wf.principal && sc.tools.iter().any(|t| t == WILDCARD));
                 let why = if star { " (\"*\" never covers a FINANCIAL tool)" } else { "" };
-                let verb = if key == "tool" { "calls" } else { "compensates with" };
+                let verb = match key {
+                    "tool" => "calls",
+                    "compensate_with" => "compensates with",
+                    _ => "lets its agent propose",
+                };
                 out.push(diag(
                     CC03_SCOPES,
                     format!("/workflows/{w}/steps/{s}/{key}"),
@@ -336,8 +403,13 @@ fn cc03_scopes(model: &Model, out: &mut Vec<Diagnostic>) {
                     )),
                 ));
             };
-            if let Some(tool) = model.resolve_tool(&step.tool) {
+            if let Some(tool) = step.tool.as_deref().and_then(|r| model.resolve_tool(r)) {
                 judge("tool", tool);
+            }
+            for (k, tool) in step.agent.iter().flat_map(|a| a.tools.iter()).enumerate() {
+                if let Some(tool) = model.resolve_tool(tool) {
+                    judge(&format!("agent/tools/{k}"), tool);
+                }
             }
             if let Some(Compensation::Tool(tool)) =
                 step.compensate_with.as_deref().and_then(|c| model.resolve_compensation(wf, c))
@@ -883,5 +955,132 @@ steps = [
             assert!((w[0].line, &w[0].code, &w[0].path) <= (w[1].line, &w[1].code, &w[1].path));
         }
         assert!(a.diagnostics.iter().all(|d| d.line.is_some() && d.fix.is_some()));
+    }
+    // --- agent steps -------------------------------------------------------
+
+    const FETCH: &str = "  { id = \"fetch\", tool = \"shop.order.get\" },";
+
+    /// BASE with an agent step `ask` (step 1 of WF01) proposing `tools`.
+    fn with_agent(tools: &str, max_turns: u64) -> String {
+        with(
+            FETCH,
+            &format!(
+                "{FETCH}\n  {{ id = \"ask\", agent = {{ model = \"gpt-4o-mini\", prompt = \"Help. {{{{tools}}}}\", tools = [{tools}], max_turns = {max_turns} }} }},"
+            ),
+        )
+    }
+
+    /// `extra` declared as a READ tool before the scopes.
+    fn declaring(s: &str, extra: &str, side_effect: &str) -> String {
+        s.replacen(
+            "[[scopes]]",
+            &format!(
+                "[[tools]]\nname = \"{extra}\"\nversion = \"1\"\nside_effect = \"{side_effect}\"\ntimeout_ms = 1000\ninput_schema = {{ type = \"object\" }}\noutput_schema = {{ type = \"object\" }}\n\n[[scopes]]"
+            ),
+            1,
+        )
+    }
+
+    #[test]
+    fn p1_t_cc01_agent_steps_naming_declared_tools_pass() {
+        assert_eq!(found(&with_agent("\"shop.order.get\", \"pay.charge@1\"", 3)), []);
+    }
+
+    #[test]
+    fn p1_t_cc01_an_undeclared_agent_tool_is_refused_with_the_closest_name() {
+        let s = with_agent("\"shop.order.get\", \"shop.order.gte\"", 3);
+        let d = only(&s);
+        assert_eq!(d.code, CC01_TOOL_CLOSURE);
+        assert_eq!(d.path, "/workflows/0/steps/1/agent/tools/1");
+        assert_eq!(d.line, line_of(&s, "shop.order.gte"));
+        assert!(
+            d.message.contains("agent step \"ask\" of WF01: tool \"shop.order.gte\" names no declared tool"),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.fix.as_deref(), Some("did you mean \"shop.order.get\"?"));
+    }
+
+    #[test]
+    fn p1_t_cc01_a_step_needs_exactly_one_of_tool_and_agent() {
+        let both = with(
+            FETCH,
+            "  { id = \"fetch\", tool = \"shop.order.get\", agent = { model = \"m\", prompt = \"p\", tools = [\"shop.order.get\"] } },",
+        );
+        let d = only(&both);
+        assert_eq!((d.code.as_str(), d.path.as_str()), ("CONFIG_INVALID", "/workflows/0/steps/0"), "{d:#?}");
+        let mut model = BusinessConfig::parse(Path::new("t.toml"), BASE.to_owned()).unwrap().model().unwrap();
+        model.workflows[0].steps[0].tool = None;
+        let d: Vec<Diagnostic> = compile(&model);
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!((d[0].code.as_str(), d[0].path.as_str()), ("CONFIG_INVALID", "/workflows/0/steps/0"));
+        assert!(d[0].message.contains("neither `tool` nor `agent`"), "{}", d[0].message);
+    }
+
+    #[test]
+    fn p1_t29_p1_t_cc02_agent_max_turns_within_the_workflow_max_steps_pass() {
+        assert_eq!(found(&with_agent("\"shop.order.get\"", 1)), []);
+        assert_eq!(found(&with_agent("\"shop.order.get\"", 10)), [], "max_steps = 10");
+    }
+
+    #[test]
+    fn p1_t29_p1_t_cc02_agent_max_turns_of_zero_or_past_max_steps_are_refused() {
+        for (turns, says) in
+            [(0, "max_turns = 0"), (11, "max_turns = 11, more than the workflow's bounds.max_steps = 10")]
+        {
+            let s = with_agent("\"shop.order.get\"", turns);
+            let d = only(&s);
+            assert_eq!(d.code, CC02_BOUNDS);
+            assert_eq!(d.path, "/workflows/0/steps/1/agent/max_turns");
+            assert!(d.message.contains(says), "{}", d.message);
+        }
+        // A workflow's own, tighter bounds are the limit.
+        let s = with_agent("\"shop.order.get\"", 5).replacen(
+            "principal = \"agent:a\"\nsteps",
+            "principal = \"agent:a\"\nbounds = { max_steps = 4, max_wall_time_ms = 1000, max_tokens = 100, max_tool_calls = 5 }\nsteps",
+            1,
+        );
+        assert!(only(&s).message.contains("bounds.max_steps = 4"));
+    }
+
+    #[test]
+    fn p1_t_cc03_agent_tools_in_the_principals_scopes_pass() {
+        let s = declaring(&with_agent("\"shop.order.list\"", 3), "shop.order.list", "READ").replacen(
+            "tools = [\"shop.order.get\", ",
+            "tools = [\"shop.order.list\", \"shop.order.get\", ",
+            1,
+        );
+        assert_eq!(found(&s), []);
+    }
+
+    #[test]
+    fn p1_t_cc03_an_agent_tool_outside_the_principals_scopes_is_refused() {
+        let s = declaring(&with_agent("\"shop.order.get\", \"shop.order.list\"", 3), "shop.order.list", "READ");
+        let d = only(&s);
+        assert_eq!(d.code, CC03_SCOPES);
+        assert_eq!(d.path, "/workflows/0/steps/1/agent/tools/1");
+        assert!(
+            d.message.contains("step \"ask\" lets its agent propose \"shop.order.list\", which no scope allows for principal \"agent:a\""),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn p1_t_cc04_a_financial_tool_only_an_agent_proposes_needs_a_hitl_rule() {
+        let s = declaring(&with_agent("\"pay.payout\"", 3), "pay.payout", "FINANCIAL").replacen(
+            "tools = [\"shop.order.get\", ",
+            "tools = [\"pay.payout\", \"shop.order.get\", ",
+            1,
+        );
+        let d = only(&s);
+        assert_eq!((d.code.as_str(), d.path.as_str()), (CC04_FINANCIAL_HITL, "/tools/3/side_effect"));
+        assert!(d.message.contains("FINANCIAL tool \"pay.payout@1\" has no [[hitl]] rule"), "{}", d.message);
+        let ruled = s.replacen(
+            "[[workflows]]",
+            "[[hitl]]\ntool = \"pay.payout\"\ntimeout_s = 60\non_timeout = \"FAIL\"\n\n[[workflows]]",
+            1,
+        );
+        assert_eq!(found(&ruled), []);
     }
 }

@@ -240,7 +240,12 @@ pub struct StepDecl {
     /// Unique within its workflow.
     pub id: String,
     /// A tool reference resolving to exactly one declared tool (CC-01).
-    pub tool: String,
+    /// Exactly one of `tool` and `agent` (the schema's `oneOf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// An agent step: the model proposes calls of `agent.tools`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentDecl>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +256,26 @@ pub struct StepDecl {
     /// up first), or a tool reference resolving to exactly one tool (CC-01).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate_with: Option<String>,
+}
+
+/// A step's `agent = { model, prompt, tools, max_turns }`: the model (with
+/// the prompt as its pinned template) proposes calls of `tools`, each run
+/// through the executor like a declared step's call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDecl {
+    /// The model the run's LLM client must be pinned to.
+    pub model: String,
+    /// The system prompt template (`{{tools}}` and the step's input fields
+    /// are filled in); pinned by its SHA-256.
+    pub prompt: String,
+    /// Tool references, each resolving to exactly one declared tool (CC-01),
+    /// in scope for the workflow's principal (CC-03).
+    pub tools: Vec<String>,
+    /// Model turns at most; 1 ..= the workflow's `max_steps` (CC-02).
+    /// Absent: only the run's bounds limit the turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u64>,
 }
 
 /// What a `compensate_with` names.
@@ -293,8 +318,9 @@ impl Model {
         self.hitl.iter().filter(move |r| r.applies_to(tool))
     }
 
-    /// The tools a workflow's calls may reach: each step's tool and each
-    /// compensation that names a tool (resolvable references only).
+    /// The tools a workflow's calls may reach: each step's tool, each agent
+    /// step's tools and each compensation that names a tool (resolvable
+    /// references only).
     pub fn tools_used_by<'a>(&'a self, workflow: &'a WorkflowDecl) -> Vec<&'a ToolDecl> {
         let mut used: Vec<&ToolDecl> = Vec::new();
         for step in &workflow.steps {
@@ -303,7 +329,10 @@ impl Model {
                     used.push(t);
                 }
             };
-            if let Some(t) = self.resolve_tool(&step.tool) {
+            if let Some(t) = step.tool.as_deref().and_then(|r| self.resolve_tool(r)) {
+                add(t);
+            }
+            for t in step.agent.iter().flat_map(|a| &a.tools).filter_map(|r| self.resolve_tool(r)) {
                 add(t);
             }
             if let Some(Compensation::Tool(t)) =

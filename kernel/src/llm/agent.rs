@@ -59,6 +59,9 @@ impl AllowedTool {
 pub struct AgentStep {
     pub id: String,
     pub tools: Vec<AllowedTool>,
+    /// Model turns at most; past it the step fails with `BOUND_EXCEEDED`
+    /// (the run stays live, so a workflow's `on_error` can route it).
+    pub max_turns: Option<u32>,
 }
 
 /// A proposal the executor ran.
@@ -109,7 +112,13 @@ fn feedback(e: &Error) -> Message {
 
 impl AgentStep {
     pub fn new(id: &str, tools: Vec<AllowedTool>) -> AgentStep {
-        AgentStep { id: id.to_owned(), tools }
+        AgentStep { id: id.to_owned(), tools, max_turns: None }
+    }
+
+    /// At most `max_turns` model turns.
+    pub fn with_max_turns(mut self, max_turns: Option<u32>) -> AgentStep {
+        self.max_turns = max_turns;
+        self
     }
 
     /// The `tools` variable of the template: name, version and input schema
@@ -157,6 +166,15 @@ impl AgentStep {
         let mut outcome = AgentOutcome { output: Value::Null, turns: 0, calls: Vec::new(), rejected: Vec::new() };
         let model_tool = format!("llm:{}", llm.pin().model);
         loop {
+            if let Some(max) = self.max_turns
+                && outcome.turns >= max
+            {
+                let e = Error::new(
+                    ErrorCode::BoundExceeded,
+                    format!("agent step {}: no final answer within max_turns = {max}", self.id),
+                );
+                return Err(exec.record_rejection(run, &model_tool, &json!({}), e).await);
+            }
             exec.begin_step(run).await?;
             outcome.turns += 1;
             let completion = match llm.complete(run.context(), &messages).await {
