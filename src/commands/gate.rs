@@ -141,7 +141,15 @@ fn fmt(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".to_owned())
 }
 
-fn class_row(scope: &str, c: &ClassReport) -> Vec<String> {
+/// One row of the gate table. Only the `GATE` rows decide; a stage's own
+/// rows inform (a stage with few P1 trials cannot reach the bound alone,
+/// although every trial passed), so their verdict is shown as such.
+fn class_row(scope: &str, c: &ClassReport, gated: bool) -> Vec<String> {
+    let verdict = match (gated, c.verdict) {
+        (true, v) => format!("{v:?}").to_lowercase(),
+        (false, Verdict::Pass) => "(pass)".to_owned(),
+        (false, Verdict::Fail) => "(below)".to_owned(),
+    };
     vec![
         scope.to_owned(),
         format!("{:?}", c.priority),
@@ -150,7 +158,7 @@ fn class_row(scope: &str, c: &ClassReport) -> Vec<String> {
         fmt(c.raw_rate),
         fmt(c.lower_bound),
         c.threshold.to_string(),
-        format!("{:?}", c.verdict).to_lowercase(),
+        verdict,
     ]
 }
 
@@ -167,13 +175,13 @@ fn human(outcome: &GateOutcome, evidence_file: &std::path::Path, signed: bool, p
     let mut gate = table(&["scope", "class", "successes", "trials", "raw rate", "lower bound", "threshold", "verdict"]);
     for s in &outcome.stages {
         if let Some(c) = &s.computation {
-            gate.add_row(class_row(s.stage.as_str(), &c.p0));
-            gate.add_row(class_row(s.stage.as_str(), &c.p1));
+            gate.add_row(class_row(s.stage.as_str(), &c.p0, false));
+            gate.add_row(class_row(s.stage.as_str(), &c.p1, false));
         }
     }
-    gate.add_row(class_row("GATE (all gated stages)", &outcome.computation.p0));
-    gate.add_row(class_row("GATE (all gated stages)", &outcome.computation.p1));
-    let mut text = format!("{stages}\n{gate}\n");
+    gate.add_row(class_row("GATE (all gated stages)", &outcome.computation.p0, true));
+    gate.add_row(class_row("GATE (all gated stages)", &outcome.computation.p1, true));
+    let mut text = format!("{stages}\n{gate}\nthe GATE rows decide; a stage's own rows, in parentheses, inform\n");
     for note in [&outcome.computation.p0.note, &outcome.computation.p1.note].into_iter().flatten() {
         text.push_str(&format!("note: {note}\n"));
     }

@@ -33,7 +33,9 @@ fn verdict(v: Verdict) -> &'static str {
     }
 }
 
-fn class_row(html: &mut String, scope: &str, c: &ClassReport) {
+/// A stage's own rows inform (`gated = false`); the all-stages rows decide.
+fn class_row(html: &mut String, scope: &str, c: &ClassReport, gated: bool) {
+    let shown = if gated { verdict(c.verdict).to_owned() } else { format!("({})", verdict(c.verdict)) };
     let _ = writeln!(
         html,
         "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -44,7 +46,7 @@ fn class_row(html: &mut String, scope: &str, c: &ClassReport) {
         opt(c.raw_rate),
         opt(c.lower_bound),
         c.threshold,
-        verdict(c.verdict)
+        shown
     );
 }
 
@@ -81,13 +83,13 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}.pass{{color:#06
     html.push_str("<h2>Gate</h2><table><tr><th>scope</th><th>class</th><th>successes</th><th>trials</th><th>raw rate</th><th>lower bound</th><th>threshold</th><th>verdict</th></tr>");
     for stage in &outcome.stages {
         if let Some(c) = &stage.computation {
-            class_row(&mut html, stage.stage.as_str(), &c.p0);
-            class_row(&mut html, stage.stage.as_str(), &c.p1);
+            class_row(&mut html, stage.stage.as_str(), &c.p0, false);
+            class_row(&mut html, stage.stage.as_str(), &c.p1, false);
         }
     }
-    class_row(&mut html, "all gated stages", &outcome.computation.p0);
-    class_row(&mut html, "all gated stages", &outcome.computation.p1);
-    html.push_str("</table>");
+    class_row(&mut html, "all gated stages", &outcome.computation.p0, true);
+    class_row(&mut html, "all gated stages", &outcome.computation.p1, true);
+    html.push_str("</table><p>The all-stages rows decide; a stage's own rows, in parentheses, inform.</p>");
     for note in [&outcome.computation.p0.note, &outcome.computation.p1.note].into_iter().flatten() {
         let _ = write!(html, "<p>{}</p>", escape(note));
     }
