@@ -88,6 +88,13 @@ fn is_data_file(path: &str) -> bool {
     data_dir && data_ext
 }
 
+/// The host of `url` when the sandbox guard would refuse it and it is not
+/// a reserved name: a host a run must never reach.
+fn live_host(guard: &SandboxGuard, url: &url::Url) -> Option<String> {
+    let refused = guard.check_destination("hygiene", url).is_err() && !reserved(url);
+    refused.then(|| url.host_str().unwrap_or_default().to_owned())
+}
+
 /// Names that never resolve to a real host (RFC 2606, RFC 6761): the
 /// reserved top-level domains and the example domains. Fixtures and
 /// cassettes use them as labels for endpoints (`primary.llm.invalid`).
@@ -124,8 +131,7 @@ pub fn scan_text(path: &str, text: &str) -> Vec<Finding> {
         }
         for m in URL.find_iter(line) {
             let Ok(url) = url::Url::parse(m.as_str()) else { continue };
-            if guard.check_destination("hygiene", &url).is_err() && !reserved(&url) {
-                let host = url.host_str().unwrap_or_default().to_owned();
+            if let Some(host) = live_host(&guard, &url) {
                 found.push(Finding {
                     path: path.to_owned(),
                     line: n + 1,
@@ -295,8 +301,11 @@ pub fn check_cassette(name: &str, text: &str, used_by: &[String]) -> Vec<String>
         let req = &x["request"];
         let at = format!("{name}: interaction {i}");
         match req["uri"].as_str().map(url::Url::parse) {
-            Some(Ok(u)) if guard.check_destination("hygiene", &u).is_ok() || reserved(&u) => {}
-            Some(Ok(u)) => problems.push(format!("{at}: request to host {}", u.host_str().unwrap_or_default())),
+            Some(Ok(u)) => {
+                if let Some(host) = live_host(&guard, &u) {
+                    problems.push(format!("{at}: request to host {host}"));
+                }
+            }
             _ => problems.push(format!("{at}: request without a URI")),
         }
         if let Some(headers) = req["headers"].as_object() {

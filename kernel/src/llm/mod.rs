@@ -57,9 +57,9 @@ pub use pin::{ModelPin, PromptTemplate};
 pub use price::{ModelPrice, PriceTable};
 pub use wire::{Message, TokenUsage};
 
-/// Env vars the CLI and the cassette tests read.
+/// The endpoint and key a cassette is recorded against
+/// (`AUTOBIZ_CASSETTE_MODE=record`); no CLI command runs a model yet.
 pub const LLM_URL_ENV: &str = "AUTOBIZ_LLM_URL";
-pub const LLM_FALLBACK_URL_ENV: &str = "AUTOBIZ_LLM_FALLBACK_URL";
 pub const LLM_API_KEY_ENV: &str = "AUTOBIZ_LLM_API_KEY";
 
 /// One OpenAI-compatible endpoint.
