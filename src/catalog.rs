@@ -368,10 +368,11 @@ fn binding_filter(pattern: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const STAGES: &str = r#"
+    /// A stage table for tests' catalogues (integration_external and golden planned).
+    pub(crate) const STAGES: &str = r#"
 version = 1
 [stages.hygiene]
 [stages.unit]

@@ -105,7 +105,7 @@ pub enum Command {
     /// Long-running traffic over all workflows with rolling gates.
     Soak(PendingArgs),
     /// Report the phase entry and exit criteria from the latest evidence.
-    ExitCriteria(PendingArgs),
+    ExitCriteria(ExitCriteriaArgs),
     /// Webhook ingress, approval API, /healthz, /readyz and /metrics.
     Serve(PendingArgs),
     /// The provider fakes on loopback ports.
@@ -334,6 +334,30 @@ pub struct TraceMatrixArgs {
     /// Evidence to take results from (default: the newest under .autobiz/evidence/).
     #[arg(long, value_name = "FILE")]
     pub evidence: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Judges P1-ENTRY-01..04 and P1-EXIT-01..14 from the newest gate evidence
+(.autobiz/evidence/), the newest soak evidence (.autobiz/soak/), the
+catalogue, the business config's workflows and the repository, and prints
+each verdict with its evidence. With AUTOBIZ_EVIDENCE_PUBKEY set, both
+evidence files must be envelopes that verify with it (exit 1 otherwise);
+without it they are read as reports, and the output says so.
+
+Exit codes: 0 every criterion met; 1 some criterion not met, or evidence
+that is malformed or does not verify (as for `deploy`); 2 an unreadable
+evidence file, catalogue or config.")]
+pub struct ExitCriteriaArgs {
+    /// The test catalogue.
+    #[arg(long, default_value = crate::catalog::DEFAULT_PATH)]
+    pub catalog: PathBuf,
+    /// Gate evidence (default: the newest under .autobiz/evidence/).
+    #[arg(long, value_name = "FILE")]
+    pub evidence: Option<PathBuf>,
+    /// Soak evidence (default: the newest under .autobiz/soak/).
+    #[arg(long, value_name = "FILE")]
+    pub soak_evidence: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

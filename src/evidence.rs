@@ -40,6 +40,10 @@ use sha2::{Digest, Sha256};
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 /// `predicateType` of autobiz gate evidence.
 pub const PREDICATE_TYPE: &str = "https://autobiz.dev/gate-evidence/v1";
+/// The predicate type of soak evidence: the same envelope, subjects and
+/// verdict rule as the gate's, another predicate (written by `autobiz soak`,
+/// read by `autobiz exit-criteria`).
+pub const SOAK_PREDICATE_TYPE: &str = "https://autobiz.dev/soak-evidence/v1";
 /// DSSE `payloadType` of an in-toto statement.
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// Subject name of the commit; its digest algorithm is `gitCommit`.
@@ -201,15 +205,20 @@ impl Statement {
     /// each subject, a verdict of `pass` or `fail`. `EVIDENCE_MALFORMED`
     /// otherwise.
     pub fn validate(&self) -> Result<(), EvidenceError> {
+        self.validate_as(PREDICATE_TYPE)
+    }
+
+    /// [`Statement::validate`] for a statement of another predicate type.
+    pub fn validate_as(&self, predicate_type: &str) -> Result<(), EvidenceError> {
         if self.statement_type != STATEMENT_TYPE {
             return Err(malformed(format!(
                 "the statement's _type is {:?}, expected {STATEMENT_TYPE:?}",
                 self.statement_type
             )));
         }
-        if self.predicate_type != PREDICATE_TYPE {
+        if self.predicate_type != predicate_type {
             return Err(malformed(format!(
-                "the statement's predicateType is {:?}, expected {PREDICATE_TYPE:?}",
+                "the statement's predicateType is {:?}, expected {predicate_type:?}",
                 self.predicate_type
             )));
         }
@@ -341,6 +350,11 @@ fn decode_base64(what: &str, text: &str) -> Result<Vec<u8>, EvidenceError> {
 /// [`PAYLOAD_TYPE`]; keyids are hints and are not trusted, every signature
 /// is tried. Nothing of the payload is parsed before a signature verified.
 pub fn verify(envelope: &Envelope, key: &VerifyingKey) -> Result<Statement, EvidenceError> {
+    verify_as(envelope, key, PREDICATE_TYPE)
+}
+
+/// [`verify`] for a statement of another predicate type.
+pub fn verify_as(envelope: &Envelope, key: &VerifyingKey, predicate_type: &str) -> Result<Statement, EvidenceError> {
     if envelope.payload_type != PAYLOAD_TYPE {
         return Err(malformed(format!(
             "the envelope's payloadType is {:?}, expected {PAYLOAD_TYPE:?}",
@@ -369,10 +383,55 @@ pub fn verify(envelope: &Envelope, key: &VerifyingKey) -> Result<Statement, Evid
             format!("no signature of the evidence verifies with the public key {}", abbrev(&keyid(key))),
         ));
     }
-    let statement: Statement = serde_json::from_slice(&body)
-        .map_err(|e| malformed(format!("the payload is not an in-toto statement: {e}")))?;
-    statement.validate()?;
+    parse_statement(&body, predicate_type)
+}
+
+fn parse_statement(body: &[u8], predicate_type: &str) -> Result<Statement, EvidenceError> {
+    let statement: Statement =
+        serde_json::from_slice(body).map_err(|e| malformed(format!("the payload is not an in-toto statement: {e}")))?;
+    statement.validate_as(predicate_type)?;
     Ok(statement)
+}
+
+/// How far a statement read by [`read`] is trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "trust", rename_all = "snake_case")]
+pub enum Trust {
+    /// A signature verified with this key.
+    Verified { keyid: String },
+    /// Read as a report only: why it was not verified.
+    Unverified { reason: String },
+}
+
+/// Read evidence from a file's bytes, for reporting (`trace-matrix`,
+/// `exit-criteria`): a DSSE envelope, verified when `key` is given (a bad
+/// signature is an error, never a downgrade to unverified), or the unsigned
+/// statement the gate writes with `--unsigned` (only when no key is given).
+/// `deploy` never uses this: it requires a key.
+pub fn read(
+    bytes: &[u8],
+    key: Option<&VerifyingKey>,
+    predicate_type: &str,
+) -> Result<(Statement, Trust), EvidenceError> {
+    match (Envelope::from_json(bytes), key) {
+        (Ok(envelope), Some(key)) => {
+            let statement = verify_as(&envelope, key, predicate_type)?;
+            Ok((statement, Trust::Verified { keyid: keyid(key) }))
+        }
+        (Ok(envelope), None) => {
+            let body = decode_base64("payload", &envelope.payload)?;
+            let statement = parse_statement(&body, predicate_type)?;
+            Ok((statement, Trust::Unverified { reason: "no public key configured".to_owned() }))
+        }
+        (Err(_), Some(_)) => Err(EvidenceError::new(
+            EvidenceCode::SignatureInvalid,
+            "the evidence is not a signed DSSE envelope, and a public key is configured to verify it",
+        )),
+        (Err(_), None) => {
+            let statement = parse_statement(bytes, predicate_type)?;
+            Ok((statement, Trust::Unverified { reason: "an unsigned statement".to_owned() }))
+        }
+    }
 }
 
 /// A fresh key from the operating system's random source.

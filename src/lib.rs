@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod cli;
 mod commands;
 pub mod evidence;
+pub mod exit_criteria;
 pub mod gate;
 pub mod hygiene;
 pub mod nextest;

@@ -27,6 +27,14 @@ pub const ENVELOPE_FILE: &str = "evidence.dsse.json";
 /// The unsigned statement's file name (`--unsigned` without a key).
 pub const UNSIGNED_FILE: &str = "statement.json";
 
+/// The newest of `files` in the newest directory under `root` that holds
+/// one (directory names are UTC timestamps, so they sort by time).
+pub fn newest(root: &std::path::Path, files: &[&str]) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root).ok()?.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    dirs.into_iter().rev().find_map(|d| files.iter().map(|f| d.join(f)).find(|p| p.is_file()))
+}
+
 pub async fn run(global: &GlobalArgs, args: GateArgs, reporter: &Reporter) -> Result<ExitCode, CliError> {
     let key = match std::env::var_os(KEY_ENV).filter(|v| !v.is_empty()) {
         Some(path) => Some(evidence::load_signing_key(&PathBuf::from(path))?),

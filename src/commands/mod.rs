@@ -5,6 +5,7 @@ mod breaker;
 mod check;
 mod db;
 mod deploy;
+mod exit_criteria;
 mod fakes;
 mod gate;
 mod hitl;
@@ -41,7 +42,7 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Quarantine(cmd) => quarantine::run(cmd, reporter),
         Command::TraceMatrix(args) => trace_matrix::run(args, reporter).await,
         Command::Soak(_) => not_yet("soak", "the soak harness"),
-        Command::ExitCriteria(_) => not_yet("exit-criteria", "the soak harness"),
+        Command::ExitCriteria(args) => exit_criteria::run(global, args, reporter),
         Command::Serve(_) => not_yet("serve", "webhook ingress and the approval API"),
         Command::Fakes(cmd) => fakes::run(cmd, reporter).await,
         Command::Hitl(cmd) => hitl::run(global, cmd, reporter).await,

@@ -5,7 +5,7 @@
 //! business. Planned entries never count as covering a requirement.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use base64::Engine;
@@ -34,7 +34,10 @@ pub async fn run(args: TraceMatrixArgs, reporter: &Reporter) -> Result<ExitCode,
     let listing = Nextest::from_env().list(None).await?;
     let evidence = match args.evidence {
         Some(path) => Some(path),
-        None => newest_evidence(Path::new(".autobiz/evidence")),
+        None => super::gate::newest(
+            Path::new(super::exit_criteria::GATE_EVIDENCE_ROOT),
+            &[super::gate::ENVELOPE_FILE, super::gate::UNSIGNED_FILE],
+        ),
     };
     let results = match &evidence {
         Some(path) => latest_results(path)?,
@@ -108,15 +111,6 @@ pub async fn run(args: TraceMatrixArgs, reporter: &Reporter) -> Result<ExitCode,
         }),
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The evidence file of the newest directory (names are UTC timestamps).
-fn newest_evidence(root: &Path) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root).ok()?.flatten().map(|e| e.path()).collect();
-    dirs.sort();
-    dirs.into_iter().rev().find_map(|d| {
-        [super::gate::ENVELOPE_FILE, super::gate::UNSIGNED_FILE].iter().map(|f| d.join(f)).find(|p| p.is_file())
-    })
 }
 
 /// Test id -> outcome of its last run, from an envelope or an unsigned statement.
