@@ -25,6 +25,7 @@ pub mod nextest;
 mod progress;
 pub mod quarantine;
 pub mod report;
+pub mod soak;
 
 use std::process::ExitCode;
 

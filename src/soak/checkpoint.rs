@@ -1,0 +1,141 @@
+//! The soak's checkpoint: `progress.jsonl` in the soak's directory. The
+//! first line records the configuration and start; each resume appends a
+//! line; each delivery whose run ended appends one record. A resumed soak
+//! must have the same configuration (`SOAK_CONFIG_CHANGED` otherwise), so
+//! the plan it recomputes is the one the records count. A torn last line (a
+//! kill mid-write) is cut off on open: that delivery is re-delivered, and
+//! the ingress's dedup makes the second delivery a no-op.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{SoakConfig, Violation};
+use crate::report::CliError;
+
+pub const FILE: &str = "progress.jsonl";
+
+/// One delivery whose run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub workflow: String,
+    pub at: DateTime<Utc>,
+    pub success: bool,
+    pub status: String,
+    /// Violations first found after this delivery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "line", rename_all = "snake_case")]
+enum Line {
+    Start { config: SoakConfig, started_at: DateTime<Utc> },
+    Resume { at: DateTime<Utc> },
+    Delivery(Record),
+}
+
+pub struct Checkpoint {
+    path: PathBuf,
+    file: std::fs::File,
+    started_at: DateTime<Utc>,
+    records: Vec<Record>,
+    resumes: u32,
+}
+
+fn io(path: &Path, e: std::io::Error) -> CliError {
+    CliError::infrastructure("SOAK_CHECKPOINT_IO", format!("{}: {e}", path.display()))
+}
+
+impl Checkpoint {
+    /// Open the checkpoint in `dir`: a new one, or the one a killed soak
+    /// left, which must be of the same `config`.
+    pub fn open(dir: &Path, config: &SoakConfig) -> Result<Checkpoint, CliError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let path = dir.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(&path, e)),
+        };
+        // Keep whole lines only.
+        let whole = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        if whole.len() != text.len() {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
+            f.set_len(whole.len() as u64).map_err(|e| io(&path, e))?;
+        }
+        let mut started_at = None;
+        let mut records = Vec::new();
+        let mut resumes = 0;
+        for (n, line) in whole.lines().enumerate() {
+            let parsed: Line = serde_json::from_str(line).map_err(|e| {
+                CliError::input("SOAK_CHECKPOINT_CORRUPT", format!("{} line {}: {e}", path.display(), n + 1))
+            })?;
+            match parsed {
+                Line::Start { config: recorded, started_at: at } => {
+                    if &recorded != config {
+                        return Err(CliError::input(
+                            "SOAK_CONFIG_CHANGED",
+                            format!(
+                                "{} belongs to a soak with other parameters (days, events, seed, clock, mix, gate): resume it with the same, or use another --dir",
+                                dir.display()
+                            ),
+                        ));
+                    }
+                    started_at = Some(at);
+                }
+                Line::Resume { .. } => resumes += 1,
+                Line::Delivery(r) => {
+                    if r.seq != records.len() as u64 {
+                        return Err(CliError::input(
+                            "SOAK_CHECKPOINT_CORRUPT",
+                            format!("{} line {}: delivery {} out of sequence", path.display(), n + 1, r.seq),
+                        ));
+                    }
+                    records.push(r);
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io(&path, e))?;
+        let mut cp = Checkpoint { path, file, started_at: started_at.unwrap_or_else(Utc::now), records, resumes };
+        if started_at.is_none() {
+            cp.write(&Line::Start { config: config.clone(), started_at: cp.started_at })?;
+        } else {
+            cp.resumes += 1;
+            cp.write(&Line::Resume { at: Utc::now() })?;
+        }
+        Ok(cp)
+    }
+
+    fn write(&mut self, line: &Line) -> Result<(), CliError> {
+        let mut text = serde_json::to_string(line).expect("a checkpoint line serializes");
+        text.push('\n');
+        self.file.write_all(text.as_bytes()).map_err(|e| io(&self.path, e))?;
+        self.file.sync_data().map_err(|e| io(&self.path, e))
+    }
+
+    /// Record one delivery whose run ended (durably, before it is counted).
+    pub fn append(&mut self, record: &Record) -> Result<(), CliError> {
+        self.write(&Line::Delivery(record.clone()))?;
+        self.records.push(record.clone());
+        Ok(())
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+}
