@@ -104,6 +104,12 @@ pub enum ErrorCode {
     AgentLlmMissing,
     AgentPinMismatch,
     AgentStepUnsupported,
+    SignatureMissing,
+    SignatureInvalid,
+    SignatureExpired,
+    WebhookNotConfigured,
+    EventMalformed,
+    EventTransitionInvalid,
 }
 
 impl ErrorCode {
@@ -185,6 +191,12 @@ impl ErrorCode {
             ErrorCode::AgentLlmMissing => "AGENT_LLM_MISSING",
             ErrorCode::AgentPinMismatch => "AGENT_PIN_MISMATCH",
             ErrorCode::AgentStepUnsupported => "AGENT_STEP_UNSUPPORTED",
+            ErrorCode::SignatureMissing => "SIGNATURE_MISSING",
+            ErrorCode::SignatureInvalid => "SIGNATURE_INVALID",
+            ErrorCode::SignatureExpired => "SIGNATURE_EXPIRED",
+            ErrorCode::WebhookNotConfigured => "WEBHOOK_NOT_CONFIGURED",
+            ErrorCode::EventMalformed => "EVENT_MALFORMED",
+            ErrorCode::EventTransitionInvalid => "EVENT_TRANSITION_INVALID",
         }
     }
 
@@ -226,7 +238,10 @@ impl ErrorCode {
             | SandboxRecipientRefused
             | LlmRejected
             | AgentToolNotAllowed
-            | AgentStepUnsupported => ErrorClass::Refused,
+            | AgentStepUnsupported
+            | SignatureMissing
+            | SignatureInvalid
+            | SignatureExpired => ErrorClass::Refused,
             InvalidInput
             | DatabaseUrlInvalid
             | StoreNotMigrated
@@ -252,11 +267,30 @@ impl ErrorCode {
             | ProviderAuthFailed
             | LlmCassetteMiss
             | AgentLlmMissing
-            | AgentPinMismatch => ErrorClass::Input,
-            StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo
-            | ToolTimeout | ToolFailed | TraceWriteFailed | RunTransitionInvalid | TranscriptIo
-            | ReceiptWriteFailed | NotifyFailed | CircuitOpen | ProviderRateLimited | ProviderUnavailable
-            | ProviderBadResponse | LlmUnavailable | LlmBadResponse | AgentReplyInvalid => ErrorClass::Infrastructure,
+            | AgentPinMismatch
+            | WebhookNotConfigured
+            | EventMalformed => ErrorClass::Input,
+            StoreUnavailable
+            | StoreIo
+            | StoreCorrupt
+            | MigrationFailed
+            | SecretsFileCorrupt
+            | SecretsIo
+            | ToolTimeout
+            | ToolFailed
+            | TraceWriteFailed
+            | RunTransitionInvalid
+            | TranscriptIo
+            | ReceiptWriteFailed
+            | NotifyFailed
+            | CircuitOpen
+            | ProviderRateLimited
+            | ProviderUnavailable
+            | ProviderBadResponse
+            | LlmUnavailable
+            | LlmBadResponse
+            | AgentReplyInvalid
+            | EventTransitionInvalid => ErrorClass::Infrastructure,
         }
     }
 }
