@@ -13,6 +13,7 @@ mod quarantine;
 mod replay;
 mod run;
 mod secrets;
+mod serve;
 mod suite;
 mod trace;
 mod trace_matrix;
@@ -42,7 +43,7 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::TraceMatrix(args) => trace_matrix::run(args, reporter).await,
         Command::Soak(_) => not_yet("soak", "the soak harness"),
         Command::ExitCriteria(_) => not_yet("exit-criteria", "the soak harness"),
-        Command::Serve(_) => not_yet("serve", "webhook ingress and the approval API"),
+        Command::Serve(args) => serve::run(global, args, reporter).await,
         Command::Fakes(cmd) => fakes::run(cmd, reporter).await,
         Command::Hitl(cmd) => hitl::run(global, cmd, reporter).await,
         Command::Breaker(cmd) => breaker::run(global, cmd, reporter).await,

@@ -207,8 +207,9 @@ pub struct IngressCounters {
 }
 
 impl IngressCounters {
-    pub fn reject(&self, code: ErrorCode) {
-        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(code.as_str()).or_default() += 1;
+    /// Count a refused delivery by its code.
+    pub fn reject(&self, code: &'static str) {
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -310,7 +311,7 @@ impl Ingress {
     pub async fn receive(&self, ctx: &TenantContext, d: Delivery<'_>) -> Result<Received> {
         let out = self.receive_inner(ctx, d).await;
         if let Err(e) = &out {
-            self.counters.reject(e.code());
+            self.counters.reject(e.code().as_str());
         }
         out
     }
