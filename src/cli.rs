@@ -493,8 +493,9 @@ pub enum BreakerCommand {
 pub enum ReconcileCommand {
     /// Compare receipts with the providers' records.
     Run(PendingArgs),
-    /// Open reconciliation cases.
-    List(PendingArgs),
+    /// The tenant's reconciliation cases (`--tenant`): events whose
+    /// precondition failed after their hold, and later drift cases.
+    List,
 }
 
 #[derive(Debug, Args)]

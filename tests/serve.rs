@@ -557,3 +557,52 @@ async fn p1_t37_graceful_shutdown_loses_no_acknowledged_event() {
         acked.difference(&stored).collect::<Vec<_>>()
     );
 }
+
+// `autobiz reconcile list` shows the case the ordering gate opened for an
+// event whose predecessor never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p1_t39_reconcile_list_shows_the_routed_event() {
+    let env = Env::new(TestDatabase::sqlite()).await;
+    let clock = Arc::new(autobiz_kernel::clock::ManualClock::new(chrono::Utc::now()));
+    let store = Store::open_with_clock(&env.db.kernel_url().parse().unwrap(), clock.clone()).await.unwrap();
+    let mut keys = std::collections::BTreeMap::new();
+    keys.insert(autobiz_kernel::ingress::Provider::Shopify, Arc::new(vec![SecretString::from(SHOPIFY)]));
+    let ingress = autobiz_kernel::ingress::Ingress::new(
+        store.clone(),
+        Arc::new(autobiz_kernel::ingress::StaticKeys(keys)),
+        clock.clone(),
+    );
+    let (h, b) = shopify_delivery("orders/fulfilled", "wh-lonely", 31);
+    let headers = autobiz_kernel::ingress::Headers::new(h.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    let acme = ctx("acme");
+    let delivery = autobiz_kernel::ingress::Delivery {
+        provider: autobiz_kernel::ingress::Provider::Shopify,
+        headers: &headers,
+        body: &b,
+        url_token: None,
+    };
+    ingress.receive(&acme, delivery).await.unwrap();
+    clock.advance(chrono::Duration::seconds(61));
+    let sweep = ingress.sweep(&acme, &autobiz_kernel::ingress::StorePrecondition(store.clone())).await.unwrap();
+    assert_eq!(sweep.reconcile, 1);
+    store.close().await;
+    let out = common::autobiz(env.dir.path())
+        .args(["--database-url", env.db.kernel_url(), "--tenant", "acme", "--format", "json", "reconcile", "list"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let cases = common::json_of(&out);
+    assert_eq!(cases[0]["kind"], "event_precondition_failed");
+    assert_eq!(cases[0]["entity_id"], "order:31");
+    assert_eq!(cases[0]["detail"]["waiting_for"], "orders/paid");
+    let out = common::autobiz(env.dir.path())
+        .args(["--database-url", env.db.kernel_url(), "--tenant", "beta", "reconcile", "list"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(String::from_utf8_lossy(&out).contains("no reconciliation cases"), "tenants apart");
+}

@@ -10,6 +10,7 @@ mod gate;
 mod hitl;
 mod keys;
 mod quarantine;
+mod reconcile;
 mod replay;
 mod run;
 mod secrets;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use autobiz_kernel::store::DatabaseUrl;
 use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, ReconcileCommand};
 use crate::report::{CliError, Reporter};
 
 pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
@@ -47,7 +48,8 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Fakes(cmd) => fakes::run(cmd, reporter).await,
         Command::Hitl(cmd) => hitl::run(global, cmd, reporter).await,
         Command::Breaker(cmd) => breaker::run(global, cmd, reporter).await,
-        Command::Reconcile(_) => not_yet("reconcile", "reconciliation"),
+        Command::Reconcile(ReconcileCommand::List) => reconcile::list(global, reporter).await,
+        Command::Reconcile(ReconcileCommand::Run(_)) => not_yet("reconcile run", "the provider drift detector"),
     }
 }
 
