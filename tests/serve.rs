@@ -228,7 +228,7 @@ fn hostile(i: usize) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
         9 => {
             let b = format!(r#"{{"type":"package_shipped","event_id":"{id}","data":{{"order":{{"id":{i}}}}}}}"#)
                 .into_bytes();
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 ("/webhooks/acme/printful?token=pf_guess".to_owned(), vec![], b)
             } else {
                 ("/webhooks/acme/printful".to_owned(), vec![("X-Autobiz-Webhook-Token", "pf_guess".to_owned())], b)

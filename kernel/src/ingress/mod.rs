@@ -133,8 +133,11 @@ pub struct SecretKeys {
     secrets: Arc<dyn SecretsProvider>,
     clock: Arc<dyn Clock>,
     ttl: chrono::Duration,
-    cache: Mutex<BTreeMap<(String, Provider), (DateTime<Utc>, Arc<Vec<SecretString>>)>>,
+    cache: Mutex<BTreeMap<(String, Provider), Cached>>,
 }
+
+/// When a tenant's keys were read, and the keys.
+type Cached = (DateTime<Utc>, Arc<Vec<SecretString>>);
 
 impl SecretKeys {
     pub fn new(secrets: Arc<dyn SecretsProvider>, clock: Arc<dyn Clock>, ttl: chrono::Duration) -> SecretKeys {
