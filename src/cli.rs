@@ -22,6 +22,8 @@ Environment:
   AUTOBIZ_SECRETS_FILE     same as `secrets --secrets-file`
   AUTOBIZ_EVIDENCE_KEY     private key (PKCS#8 PEM file) that signs gate evidence
   AUTOBIZ_EVIDENCE_PUBKEY  public key (SPKI PEM file) `deploy` verifies evidence with
+  AUTOBIZ_BIND             same as `serve --bind`
+  AUTOBIZ_SERVE_TENANTS    same as `serve --tenants`
   AUTOBIZ_LOG              log filter, e.g. `info` or `autobiz=debug` (stderr)
   NO_COLOR                 disables colour in logs
 
@@ -107,7 +109,7 @@ pub enum Command {
     /// Report the phase entry and exit criteria from the latest evidence.
     ExitCriteria(ExitCriteriaArgs),
     /// Webhook ingress, approval API, /healthz, /readyz and /metrics.
-    Serve(PendingArgs),
+    Serve(ServeArgs),
     /// The provider fakes on loopback ports.
     #[command(subcommand)]
     Fakes(FakesCommand),
@@ -423,6 +425,44 @@ pub enum QuarantineCommand {
     },
 }
 
+/// `autobiz serve`: webhook ingress, the event worker, the approval API,
+/// health, readiness and metrics.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Endpoints:
+  POST /webhooks/{tenant}/{stripe|shopify|printful}   (Printful: ?token=T or X-Autobiz-Webhook-Token)
+  GET  /hitl[?status=pending|all], POST /hitl/{id}/approve|deny  (Authorization: Bearer T, X-Autobiz-Tenant)
+  GET  /healthz, /readyz, /metrics
+Webhook secrets are tenant secrets: stripe_webhook_secret, shopify_webhook_secret,
+printful_webhook_token; approver tokens: approver_token_<approver> (`autobiz secrets set`).
+Stops on Ctrl-C or SIGTERM: requests in flight and the event in hand finish first.")]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback unless told otherwise; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "AUTOBIZ_BIND")]
+    pub bind: std::net::SocketAddr,
+    /// Tenants this server accepts webhooks and approvals for (comma-separated;
+    /// default: --tenant). Requests for any other tenant get 404.
+    #[arg(long, value_delimiter = ',', env = "AUTOBIZ_SERVE_TENANTS")]
+    pub tenants: Vec<String>,
+    /// Largest accepted request body, in bytes (413 above).
+    #[arg(long, default_value_t = 262_144)]
+    pub max_body: usize,
+    /// How long an event waits for its predecessor before its precondition
+    /// is re-checked.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub hold: std::time::Duration,
+    /// Accept webhooks only; do not claim events or start workflows (another
+    /// process on the same database does).
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Where the runs' transcripts go.
+    #[arg(long, default_value = ".autobiz/transcripts")]
+    pub transcripts: PathBuf,
+    /// Encrypted secrets file holding the webhook secrets and approver tokens.
+    #[arg(long, env = "AUTOBIZ_SECRETS_FILE", default_value = ".autobiz/secrets.json")]
+    pub secrets_file: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum FakesCommand {
     /// Start the Stripe, Shopify, Printful and SendGrid fakes on loopback
@@ -501,8 +541,9 @@ pub enum BreakerCommand {
 pub enum ReconcileCommand {
     /// Compare receipts with the providers' records.
     Run(PendingArgs),
-    /// Open reconciliation cases.
-    List(PendingArgs),
+    /// The tenant's reconciliation cases (`--tenant`): events whose
+    /// precondition failed after their hold, and later drift cases.
+    List,
 }
 
 #[derive(Debug, Args)]

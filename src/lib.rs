@@ -11,6 +11,8 @@
 //!   [`nextest`]: listing and running tests through cargo-nextest.
 //! * [`hygiene`]: the repository scan of the hygiene suite (no live keys,
 //!   no live hosts in the data a run reads).
+//! * [`serve`]: `autobiz serve`'s router (webhooks, approvals, health,
+//!   metrics) and its event worker.
 //! * [`report`]: how results and errors are shown (human or JSON) and the
 //!   mapping of errors to exit codes.
 
@@ -25,6 +27,7 @@ pub mod nextest;
 mod progress;
 pub mod quarantine;
 pub mod report;
+pub mod serve;
 pub mod soak;
 
 use std::process::ExitCode;

@@ -348,6 +348,11 @@ impl Breakers {
         &self.metrics
     }
 
+    /// The metrics, shared (for an exporter that outlives this handle).
+    pub fn metrics_handle(&self) -> Arc<BreakerMetrics> {
+        self.metrics.clone()
+    }
+
     /// May a call to `name` go ahead? `CIRCUIT_OPEN` when the breaker is
     /// open (and its cool-down has not passed) or half-open with every probe
     /// slot taken.

@@ -103,6 +103,12 @@ pub enum ErrorCode {
     AgentToolNotAllowed,
     AgentLlmMissing,
     AgentPinMismatch,
+    SignatureMissing,
+    SignatureInvalid,
+    SignatureExpired,
+    WebhookNotConfigured,
+    EventMalformed,
+    EventTransitionInvalid,
 }
 
 impl ErrorCode {
@@ -183,6 +189,12 @@ impl ErrorCode {
             ErrorCode::AgentToolNotAllowed => "AGENT_TOOL_NOT_ALLOWED",
             ErrorCode::AgentLlmMissing => "AGENT_LLM_MISSING",
             ErrorCode::AgentPinMismatch => "AGENT_PIN_MISMATCH",
+            ErrorCode::SignatureMissing => "SIGNATURE_MISSING",
+            ErrorCode::SignatureInvalid => "SIGNATURE_INVALID",
+            ErrorCode::SignatureExpired => "SIGNATURE_EXPIRED",
+            ErrorCode::WebhookNotConfigured => "WEBHOOK_NOT_CONFIGURED",
+            ErrorCode::EventMalformed => "EVENT_MALFORMED",
+            ErrorCode::EventTransitionInvalid => "EVENT_TRANSITION_INVALID",
         }
     }
 
@@ -223,7 +235,10 @@ impl ErrorCode {
             | SandboxHostRefused
             | SandboxRecipientRefused
             | LlmRejected
-            | AgentToolNotAllowed => ErrorClass::Refused,
+            | AgentToolNotAllowed
+            | SignatureMissing
+            | SignatureInvalid
+            | SignatureExpired => ErrorClass::Refused,
             InvalidInput
             | DatabaseUrlInvalid
             | StoreNotMigrated
@@ -249,11 +264,30 @@ impl ErrorCode {
             | ProviderAuthFailed
             | LlmCassetteMiss
             | AgentLlmMissing
-            | AgentPinMismatch => ErrorClass::Input,
-            StoreUnavailable | StoreIo | StoreCorrupt | MigrationFailed | SecretsFileCorrupt | SecretsIo
-            | ToolTimeout | ToolFailed | TraceWriteFailed | RunTransitionInvalid | TranscriptIo
-            | ReceiptWriteFailed | NotifyFailed | CircuitOpen | ProviderRateLimited | ProviderUnavailable
-            | ProviderBadResponse | LlmUnavailable | LlmBadResponse | AgentReplyInvalid => ErrorClass::Infrastructure,
+            | AgentPinMismatch
+            | WebhookNotConfigured
+            | EventMalformed => ErrorClass::Input,
+            StoreUnavailable
+            | StoreIo
+            | StoreCorrupt
+            | MigrationFailed
+            | SecretsFileCorrupt
+            | SecretsIo
+            | ToolTimeout
+            | ToolFailed
+            | TraceWriteFailed
+            | RunTransitionInvalid
+            | TranscriptIo
+            | ReceiptWriteFailed
+            | NotifyFailed
+            | CircuitOpen
+            | ProviderRateLimited
+            | ProviderUnavailable
+            | ProviderBadResponse
+            | LlmUnavailable
+            | LlmBadResponse
+            | AgentReplyInvalid
+            | EventTransitionInvalid => ErrorClass::Infrastructure,
         }
     }
 }

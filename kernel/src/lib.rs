@@ -36,6 +36,8 @@
 //! * [`llm`]: the OpenAI-compatible LLM client (model and prompt pinned per
 //!   run, primary and fallback endpoints, tokens and cost per call, VCR
 //!   cassettes) and the agent step, whose proposals go through the executor.
+//! * [`ingress`]: webhook signature verification (Stripe, Shopify, tokens),
+//!   normalized and deduplicated events, the ordering gate, worker claims.
 //! * [`Error`]: one error type with stable [`ErrorCode`]s.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map and invariants.
@@ -51,6 +53,7 @@ mod error;
 pub mod executor;
 pub mod hitl;
 pub mod idempotency;
+pub mod ingress;
 pub mod llm;
 pub mod permission;
 pub mod providers;

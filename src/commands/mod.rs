@@ -11,9 +11,11 @@ mod gate;
 mod hitl;
 mod keys;
 mod quarantine;
+mod reconcile;
 mod replay;
 mod run;
 mod secrets;
+mod serve;
 mod suite;
 mod trace;
 mod trace_matrix;
@@ -23,7 +25,7 @@ use std::process::ExitCode;
 use autobiz_kernel::store::DatabaseUrl;
 use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, ReconcileCommand};
 use crate::report::{CliError, Reporter};
 
 pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
@@ -43,11 +45,12 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::TraceMatrix(args) => trace_matrix::run(args, reporter).await,
         Command::Soak(_) => not_yet("soak", "the soak harness"),
         Command::ExitCriteria(args) => exit_criteria::run(global, args, reporter),
-        Command::Serve(_) => not_yet("serve", "webhook ingress and the approval API"),
+        Command::Serve(args) => serve::run(global, args, reporter).await,
         Command::Fakes(cmd) => fakes::run(cmd, reporter).await,
         Command::Hitl(cmd) => hitl::run(global, cmd, reporter).await,
         Command::Breaker(cmd) => breaker::run(global, cmd, reporter).await,
-        Command::Reconcile(_) => not_yet("reconcile", "reconciliation"),
+        Command::Reconcile(ReconcileCommand::List) => reconcile::list(global, reporter).await,
+        Command::Reconcile(ReconcileCommand::Run(_)) => not_yet("reconcile run", "the provider drift detector"),
     }
 }
 

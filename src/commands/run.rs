@@ -165,7 +165,7 @@ fn executor(assembly: Assembly, store: &Store) -> Result<Executor, CliError> {
 /// and `AUTOBIZ_SENDGRID_URL` point them elsewhere (`autobiz fakes serve`
 /// prints the fakes' URLs). Always the sandbox profile: live keys and hosts
 /// off the allowlist are refused.
-fn providers(store: &Store) -> Result<Option<Providers>, CliError> {
+pub(super) fn providers(store: &Store) -> Result<Option<Providers>, CliError> {
     let file =
         std::env::var_os("AUTOBIZ_SECRETS_FILE").map_or_else(|| PathBuf::from(".autobiz/secrets.json"), PathBuf::from);
     if !file.exists() {

@@ -84,7 +84,7 @@ impl Store {
 
     /// Fail with `STORE_NOT_MIGRATED` unless the database has exactly the
     /// embedded migrations.
-    pub(super) async fn check_schema_current(&self) -> Result<()> {
+    pub async fn check_schema_current(&self) -> Result<()> {
         let applied = self.applied_versions().await?;
         let known: Vec<i64> =
             migrator(self.backend()).iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect();

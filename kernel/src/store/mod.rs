@@ -19,6 +19,7 @@
 //! before any query runs, and the attempt is written to `security_events`.
 
 mod errors;
+mod events;
 mod idempotency;
 mod migrate;
 mod receipts;
@@ -42,6 +43,7 @@ pub use crate::state::StateVersion;
 pub use errors::is_unique_violation;
 pub use errors::map as driver_error;
 pub(crate) use errors::map as map_error;
+pub use events::{Admitted, EventFinish, NewEvent, ReconciliationCase, StoredEvent};
 pub use migrate::{MigrationState, MigrationSummary, migrator};
 pub use records::{AuditEvent, AuditRecord, SecurityEvent, SecurityRecord, TenantRecord};
 pub use runs::{NewRun, RunRecord};
