@@ -539,7 +539,8 @@ impl<'a> Engine<'a> {
             approver,
         })?;
         let t = if decision == "denied" { Termination::HitlDenied } else { Termination::HitlTimeout };
-        self.commit(spec, transcript, version, state.end(t)?).await
+        let patch = state.end_on_decision(spec.workflow, t)?;
+        self.commit(spec, transcript, version, patch).await
     }
 }
 

@@ -187,6 +187,8 @@ fn workflow() -> Workflow {
         next: None,
         on_error: None,
         agent: None,
+        compensate_with: None,
+        retry: None,
     };
     Workflow {
         id: "WF01".into(),
