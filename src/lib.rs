@@ -11,6 +11,8 @@
 //!   [`nextest`]: listing and running tests through cargo-nextest.
 //! * [`hygiene`]: the repository scan of the hygiene suite (no live keys,
 //!   no live hosts in the data a run reads).
+//! * [`golden`]: the golden suite's harness: scenario files, the in-process
+//!   runner over fresh fakes and a fresh store, the oracles and their diff.
 //! * [`report`]: how results and errors are shown (human or JSON) and the
 //!   mapping of errors to exit codes.
 
@@ -19,6 +21,7 @@ pub mod cli;
 mod commands;
 pub mod evidence;
 pub mod gate;
+pub mod golden;
 pub mod hygiene;
 pub mod nextest;
 mod progress;
