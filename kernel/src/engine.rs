@@ -375,12 +375,19 @@ impl<'a> Engine<'a> {
                         let approver = Some(approver);
                         self.decided(spec, transcript, &mut state, &mut version, &call, request_id, "denied", approver)
                             .await?;
-                        break;
+                        // Compensations of what the run did may follow.
+                        if state.status.is_terminal() {
+                            break;
+                        }
+                        continue;
                     }
                     Verdict::Expired { request_id, proceed: false } => {
                         self.decided(spec, transcript, &mut state, &mut version, &call, request_id, "expired", None)
                             .await?;
-                        break;
+                        if state.status.is_terminal() {
+                            break;
+                        }
+                        continue;
                     }
                     Verdict::Expired { request_id: _, proceed: true } => approved = true,
                 }
