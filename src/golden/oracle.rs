@@ -112,6 +112,8 @@ mod tests {
             trace_gaps: Vec::new(),
             replay_problems: Vec::new(),
             cost: autobiz_kernel::trace::Cost::default(),
+            run_time: std::time::Duration::ZERO,
+            requests: Vec::new(),
         }
     }
 

@@ -90,6 +90,13 @@ pub struct Observed {
     pub replay_problems: Vec<String>,
     /// Cost over every run and resume.
     pub cost: Cost,
+    /// Wall time of the runs themselves (engine runs and resumes, human
+    /// decisions included; not the store's migration, the fakes' start or
+    /// the observation), for the benchmark.
+    pub run_time: Duration,
+    /// Every request the fakes answered during the runs, in order per fake
+    /// (the benchmark sends them again with plain reqwest).
+    pub requests: Vec<(&'static str, autobiz_fakes::RecordedRequest)>,
 }
 
 /// Run `scenario` in `env`. `Err` is a scenario that could not run at all
@@ -114,6 +121,12 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
 
     let fakes = Arc::new(Fakes::start().await);
     setup(&fakes, &scenario.setup).await?;
+    let after_setup = [
+        fakes.stripe.requests().len(),
+        fakes.shopify.requests().len(),
+        fakes.printful.requests().len(),
+        fakes.sendgrid.requests().len(),
+    ];
     let faults = validate_faults(&scenario.faults)?;
     let exec = executor(assembly, &store, clock.clone(), fakes.clone(), faults)?;
     let approvals = StoreApprovals::new(store.clone(), rules, clock.clone());
@@ -128,6 +141,8 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
         trace_gaps: Vec::new(),
         replay_problems: Vec::new(),
         cost: Cost::default(),
+        run_time: Duration::ZERO,
+        requests: Vec::new(),
     };
     let mut decisions = scenario.hitl.iter();
     let tenant: autobiz_kernel::tenant::TenantId = TENANT.parse().map_err(err("tenant"))?;
@@ -146,6 +161,7 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
             pins: json!({}),
             config_hash: config_hash.clone(),
         };
+        let started = std::time::Instant::now();
         let mut w = TranscriptWriter::create(&transcript).map_err(err("transcript"))?;
         let mut report = engine.run(&spec, &mut w).await.map_err(err("run"))?;
         drop(w);
@@ -172,6 +188,7 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
             report = engine.resume(&spec, &history, &mut w).await.map_err(err("resume"))?;
             observed.cost.add(report.cost);
         }
+        observed.run_time += started.elapsed();
         observe_run(&store, &ctx, &exec, &wf.workflow, &config_hash, &transcript, &report, &mut observed).await?;
         if delivery == scenario.deliveries.max(1) {
             let entity = EntityId::new(tenant.clone(), "run", &run_id).map_err(err("entity"))?;
@@ -191,6 +208,17 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
         *observed.hitl.entry(status.into()).or_default() += 1;
     }
     observed.fakes = snapshot(&fakes);
+    for ((name, fake), skip) in [
+        ("stripe", fakes.stripe.requests()),
+        ("shopify", fakes.shopify.requests()),
+        ("printful", fakes.printful.requests()),
+        ("sendgrid", fakes.sendgrid.requests()),
+    ]
+    .into_iter()
+    .zip(after_setup)
+    {
+        observed.requests.extend(fake.into_iter().skip(skip).map(|r| (name, r)));
+    }
     observed.counters = counters(&observed.fakes);
     store.close().await;
     Ok(observed)
