@@ -280,7 +280,7 @@ mod tests {
             Arc::new(crate::trace::MemoryTraceSink::new()),
             Arc::new(crate::clock::SystemClock),
         );
-        assert_eq!(exec.registry().len(), 14);
+        assert_eq!(exec.registry().len(), 17);
         assert_eq!(workflows.len(), 7);
     }
 
@@ -296,7 +296,7 @@ mod tests {
     #[test]
     fn p1_t30_a_wildcard_scope_never_grants_a_financial_tool() {
         let cfg = EXAMPLE.replacen(
-            "principal = \"job:closeout\"\ntools = [\"shopify.order.get\", \"printful.order.get\", \"sendgrid.mail.send\"]",
+            "principal = \"job:closeout\"\ntools = [\"shopify.order.get\", \"printful.order.get\", \"sendgrid.mail.send\", \"stripe.payment_intent.list\",\n         \"ledger.reconcile\", \"ledger.drift.open\"]",
             "principal = \"job:closeout\"\ntools = [\"*\"]",
             1,
         );

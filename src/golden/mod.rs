@@ -43,6 +43,10 @@ pub struct Scenario {
     /// What the providers hold before the run.
     #[serde(default)]
     pub setup: Setup,
+    /// Runs of other workflows before this one, in the same store and fakes
+    /// (the day a closeout reconciles). Each must end; they are not judged.
+    #[serde(default)]
+    pub before: Vec<Before>,
     /// Faults the fakes answer with, per tool call.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
@@ -81,6 +85,14 @@ pub struct Setup {
     /// Printful orders created and confirmed (pending).
     #[serde(default)]
     pub printful_confirmed: Vec<Value>,
+}
+
+/// A run made before the scenario's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Before {
+    pub workflow: String,
+    pub event: Value,
 }
 
 /// A fault injected into the fake behind `tool`, before its `call`-th call.

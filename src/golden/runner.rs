@@ -105,6 +105,7 @@ pub struct Observed {
 pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String> {
     let assembly = Assembly::from_config(env.config).map_err(err("config"))?;
     let rules = HitlRules::from_model(&env.config.model().map_err(err("config"))?).map_err(err("hitl rules"))?;
+    let workflows = assembly.workflows.clone();
     let Some(wf) = assembly.workflows.get(&scenario.workflow).cloned() else {
         return Err(format!("the config has no workflow {}", scenario.workflow));
     };
@@ -146,6 +147,29 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
     };
     let mut decisions = scenario.hitl.iter();
     let tenant: autobiz_kernel::tenant::TenantId = TENANT.parse().map_err(err("tenant"))?;
+    for (n, before) in scenario.before.iter().enumerate() {
+        let Some(bwf) = workflows.get(&before.workflow) else {
+            return Err(format!("before: the config has no workflow {}", before.workflow));
+        };
+        let run_id = format!("before-{}", n + 1);
+        let ctx = TenantContext::new(tenant.clone(), Principal::new(&bwf.principal), CorrelationId::new(&run_id));
+        let engine = Engine::new(&exec).with_store(&store, None).with_approvals(&approvals);
+        let spec = RunSpec {
+            workflow: &bwf.workflow,
+            ctx,
+            run_id: run_id.clone(),
+            bounds: bwf.bounds,
+            event: before.event.clone(),
+            pins: json!({}),
+            config_hash: config_hash.clone(),
+        };
+        let mut w =
+            TranscriptWriter::create(&env.work_dir.join(format!("{run_id}.jsonl"))).map_err(err("transcript"))?;
+        let report = engine.run(&spec, &mut w).await.map_err(err("before run"))?;
+        if !report.status.is_terminal() {
+            return Err(format!("before: run {run_id} of {} did not end ({:?})", before.workflow, report.status));
+        }
+    }
     for delivery in 1..=scenario.deliveries.max(1) {
         let run_id = format!("{}-{delivery}", scenario.workflow.to_ascii_lowercase());
         let ctx = TenantContext::new(tenant.clone(), Principal::new(&wf.principal), CorrelationId::new(&run_id));
@@ -336,6 +360,7 @@ fn executor(
         };
         exec.bind(name, "1", Arc::new(tool)).map_err(err("bind"))?;
     }
+    autobiz_kernel::closeout::bind(&mut exec, store.clone()).map_err(err("bind"))?;
     let breakers = Breakers::new(store.clone(), BreakerPolicy::default(), clock).map_err(err("breakers"))?;
     Ok(exec.with_durability(Durability { store: store.clone(), window: DEFAULT_WINDOW }).with_breakers(breakers))
 }
