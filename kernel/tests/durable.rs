@@ -291,6 +291,37 @@ async fn duplicate_trigger_makes_no_second_effect(db: TestDatabase) {
 }
 both!(inv05_duplicate_trigger_makes_no_second_effect, duplicate_trigger_makes_no_second_effect);
 
+/// Run `wf` for `order` until crash point `k`, drop it there (the crash),
+/// then resume it from the store to its end.
+async fn crash_then_resume(
+    store: &Store,
+    wf: &Workflow,
+    run_id: &str,
+    order: &str,
+    k: usize,
+    path: &std::path::Path,
+) -> (Arc<Provider>, autobiz_kernel::engine::RunReport, Executor) {
+    let provider = Arc::new(Provider::default());
+    let crash = Arc::new(Crash::default());
+    *crash.at.lock().unwrap() = Some(k);
+    {
+        let exec = executor(store, &provider, &crash);
+        let s = spec(wf, run_id, order);
+        let mut w = TranscriptWriter::create(path).unwrap();
+        let engine = engine(&exec, store);
+        tokio::select! {
+            r = engine.run(&s, &mut w) => panic!("crash point {k} was not reached: {r:?}"),
+            () = crash.hit.notified() => {}
+        }
+        // Dropping the future here is the crash.
+    }
+    let exec = executor(store, &provider, &Arc::new(Crash::default()));
+    let s = spec(wf, run_id, order);
+    let (mut w, history) = TranscriptWriter::resume(path).unwrap();
+    let report = engine(&exec, store).resume(&s, &history, &mut w).await.unwrap();
+    (provider, report, exec)
+}
+
 /// Crash at every hook of the run, resume, and check: the run completes,
 /// the provider made each effect once, the store holds one receipt per
 /// effect, and the transcript (crash included) replays.
@@ -311,25 +342,7 @@ async fn crash_at_every_point_then_resume(db: TestDatabase) {
         let run_id = format!("run-k{k}");
         let order = format!("o{k}");
         let path = dir.path().join(format!("{run_id}.jsonl"));
-        let provider = Arc::new(Provider::default());
-        let crash = Arc::new(Crash::default());
-        *crash.at.lock().unwrap() = Some(k);
-        {
-            let exec = executor(&store, &provider, &crash);
-            let s = spec(&wf, &run_id, &order);
-            let mut w = TranscriptWriter::create(&path).unwrap();
-            let engine = engine(&exec, &store);
-            tokio::select! {
-                r = engine.run(&s, &mut w) => panic!("crash point {k} was not reached: {r:?}"),
-                () = crash.hit.notified() => {}
-            }
-            // Dropping the future here is the crash.
-        }
-        let exec = executor(&store, &provider, &Arc::new(Crash::default()));
-        let s = spec(&wf, &run_id, &order);
-        let (mut w, history) = TranscriptWriter::resume(&path).unwrap();
-        let report = engine(&exec, &store).resume(&s, &history, &mut w).await.unwrap();
-        drop(w);
+        let (provider, report, exec) = crash_then_resume(&store, &wf, &run_id, &order, k, &path).await;
         assert_eq!(report.status, RunStatus::Completed, "crash point {k}");
         assert_eq!(provider.effects.lock().unwrap().len(), 3, "crash point {k}: an effect was duplicated or lost");
         let receipts = store.receipts(&ctx(), &run_id).await.unwrap();
@@ -378,24 +391,7 @@ async fn crash_while_compensating_then_resume(db: TestDatabase) {
         let run_id = format!("comp-k{k}");
         let order = format!("c{k}");
         let path = dir.path().join(format!("{run_id}.jsonl"));
-        let provider = Arc::new(Provider::default());
-        let crash = Arc::new(Crash::default());
-        *crash.at.lock().unwrap() = Some(k);
-        {
-            let exec = executor(&store, &provider, &crash);
-            let s = spec(&wf, &run_id, &order);
-            let mut w = TranscriptWriter::create(&path).unwrap();
-            let engine = engine(&exec, &store);
-            tokio::select! {
-                r = engine.run(&s, &mut w) => panic!("crash point {k} was not reached: {r:?}"),
-                () = crash.hit.notified() => {}
-            }
-        }
-        let exec = executor(&store, &provider, &Arc::new(Crash::default()));
-        let s = spec(&wf, &run_id, &order);
-        let (mut w, history) = TranscriptWriter::resume(&path).unwrap();
-        let report = engine(&exec, &store).resume(&s, &history, &mut w).await.unwrap();
-        drop(w);
+        let (provider, report, exec) = crash_then_resume(&store, &wf, &run_id, &order, k, &path).await;
         assert_eq!(
             (report.status, report.termination),
             (RunStatus::Failed, Some(autobiz_kernel::bounds::Termination::ToolFailed)),
