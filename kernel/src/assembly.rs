@@ -280,7 +280,7 @@ mod tests {
             Arc::new(crate::trace::MemoryTraceSink::new()),
             Arc::new(crate::clock::SystemClock),
         );
-        assert_eq!(exec.registry().len(), 17);
+        assert_eq!(exec.registry().len(), 16);
         assert_eq!(workflows.len(), 7);
     }
 
