@@ -150,7 +150,19 @@ effect runs once under its idempotency key (with a receipt), and a run killed
 at any point continues with `autobiz run --resume RUN_ID` (the transcript is
 appended to). A run that waits for a human prints the request id; decide it
 with `autobiz hitl`, then resume. Exit 0 when the run completed or waits for
-approval, 1 when it failed or was denied.")]
+approval, 1 when it failed or was denied.
+
+Agent steps ask an OpenAI-compatible chat-completions endpoint: --llm-url
+(AUTOBIZ_LLM_URL), with the key in AUTOBIZ_LLM_API_KEY (never logged or
+printed), and optionally --llm-fallback-url (AUTOBIZ_LLM_FALLBACK_URL; key
+AUTOBIZ_LLM_FALLBACK_API_KEY, else the primary's), tried on a timeout or a
+5xx. --cassette FILE (AUTOBIZ_CASSETTE) answers from a recorded cassette in
+the mode AUTOBIZ_CASSETTE_MODE says (replay, the default, sends nothing;
+record writes it). The client is pinned to the workflow's first agent step
+(model and prompt SHA-256), recorded in the run and in every model turn of
+the transcript; a resumed run reuses recorded turns and asks the model only
+for new ones. Without an endpoint an agent step fails with
+AGENT_LLM_MISSING.")]
 pub struct RunArgs {
     /// The workflow id (`WF01`) from the config.
     #[arg(required_unless_present = "resume", conflicts_with = "resume")]
@@ -167,6 +179,18 @@ pub struct RunArgs {
     /// Continue a stored run from its last committed step.
     #[arg(long, value_name = "RUN_ID")]
     pub resume: Option<String>,
+    /// The chat-completions endpoint of agent steps (base URL, e.g.
+    /// http://127.0.0.1:PORT/v1 of the fake). Its key: AUTOBIZ_LLM_API_KEY.
+    #[arg(long, value_name = "URL", env = "AUTOBIZ_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// The endpoint tried when the primary times out or answers 5xx. Its
+    /// key: AUTOBIZ_LLM_FALLBACK_API_KEY (default the primary's).
+    #[arg(long, value_name = "URL", env = "AUTOBIZ_LLM_FALLBACK_URL")]
+    pub llm_fallback_url: Option<String>,
+    /// Answer model calls from this cassette (mode: AUTOBIZ_CASSETTE_MODE,
+    /// replay by default).
+    #[arg(long, value_name = "FILE", env = "AUTOBIZ_CASSETTE")]
+    pub cassette: Option<PathBuf>,
 }
 
 /// `autobiz replay`.

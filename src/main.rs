@@ -1,3 +1,9 @@
+/// mimalloc rather than the system allocator: replay and the executor
+/// allocate many small JSON values, and glibc's malloc spent ~45 % of a
+/// replay's time (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     autobiz::main()
 }

@@ -201,7 +201,7 @@ async fn inv06_replay_refuses_cut_edited_and_newer_transcripts() {
     let cases = [
         ("cut.jsonl", lines[..lines.len() - 1].join("\n"), "TRANSCRIPT_TRUNCATED"),
         ("edited.jsonl", text.replacen("\"amount\":900", "\"amount\":901", 1), "TRANSCRIPT_CORRUPT"),
-        ("newer.jsonl", text.replacen("{\"v\":1,", "{\"v\":9,", 1), "TRANSCRIPT_VERSION_UNSUPPORTED"),
+        ("newer.jsonl", text.replacen("{\"v\":2,", "{\"v\":9,", 1), "TRANSCRIPT_VERSION_UNSUPPORTED"),
         ("garbage.jsonl", "\u{0}\u{1}not json".to_owned(), "TRANSCRIPT_CORRUPT"),
     ];
     for (name, body, code) in cases {

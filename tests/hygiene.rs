@@ -79,16 +79,16 @@ type StepVisit = (String, u64);
 /// that carried an idempotency key and succeeded) and the receipts its
 /// `run_end` lists.
 fn effects_and_receipts(lines: &[Value]) -> (BTreeSet<StepVisit>, BTreeSet<StepVisit>) {
+    // A v2 line: {"v", "seq", "prev", KIND: {fields}}.
+    let entries = |kind: &'static str| lines.iter().filter_map(move |l| l.get(kind));
     let at = |l: &Value| (l["step"].as_str().unwrap_or_default().to_owned(), l["visit"].as_u64().unwrap_or(0));
-    let keyed: BTreeSet<_> =
-        lines.iter().filter(|l| l["kind"] == "tool_request" && l["idempotency_key"].is_string()).map(at).collect();
-    let effects = lines
-        .iter()
-        .filter(|l| l["kind"] == "tool_response" && l["outcome"].get("ok").is_some())
+    let keyed: BTreeSet<_> = entries("tool_request").filter(|l| l["idempotency_key"].is_string()).map(at).collect();
+    let effects = entries("tool_response")
+        .filter(|l| l["outcome"].get("ok").is_some())
         .map(at)
         .filter(|k| keyed.contains(k))
         .collect();
-    let end = lines.iter().rfind(|l| l["kind"] == "run_end").expect("a finished run");
+    let end = entries("run_end").next_back().expect("a finished run");
     let receipts = end["receipts"].as_array().unwrap().iter().map(at).collect();
     (effects, receipts)
 }
@@ -111,7 +111,7 @@ fn p1_h09_every_side_effect_of_a_recorded_run_has_a_receipt() {
         assert_eq!(effects, receipts, "{}: effects and receipts differ", path.display());
 
         // The check can fail: drop one receipt.
-        let end = lines.iter_mut().rfind(|l| l["kind"] == "run_end").unwrap();
+        let end = lines.iter_mut().rev().find_map(|l| l.get_mut("run_end")).unwrap();
         end["receipts"].as_array_mut().unwrap().pop();
         let (effects, receipts) = effects_and_receipts(&lines);
         assert_ne!(effects, receipts);

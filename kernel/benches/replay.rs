@@ -25,6 +25,13 @@ use serde_json::{Value, json};
 
 const STEPS: usize = 10_000;
 
+/// With `--features mimalloc`, the allocator of the `autobiz` binary.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") { "mimalloc" } else { "system (glibc)" };
+
 struct Drop;
 
 #[async_trait::async_trait]
@@ -125,7 +132,7 @@ fn main() {
     let (floor, figure) = (floor[rounds / 2], figure[rounds / 2]);
     let rate = STEPS as f64 / figure.as_secs_f64();
     println!(
-        "replay of a {STEPS}-step transcript ({lines} lines, {} KiB), medians of {rounds} rounds:",
+        "replay of a {STEPS}-step transcript ({lines} lines, {} KiB), medians of {rounds} rounds, allocator {ALLOCATOR}:",
         text.len() / 1024
     );
     println!(

@@ -9,18 +9,21 @@
 //! is written to the transcript first-hand, in the order it happened, so that
 //! [`crate::replay`] can re-execute the run and check it.
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 use crate::bounds::{Bounds, Termination};
 use crate::contract::{SideEffect, ToolContract};
 use crate::error::{Error, ErrorCode, Result};
-use crate::executor::{CallOptions, Executor, Run};
+use crate::executor::{CallOptions, Called, Executor, Run};
+use crate::llm::agent::{Dialogue, Turn, llm_failed, reply_invalid};
 use crate::llm::{AgentStep, LlmClient};
-use crate::run::{Command, Patch, RunState, RunStatus, StepCall, StepOutcome, idempotency_key, receipt_digest};
+use crate::run::{Command, Patch, RunState, RunStatus, StepCall, StepOutcome, receipt_digest, step_key};
 use crate::store::{NewRun, Store};
 use crate::tenant::EntityId;
 use crate::tenant::TenantContext;
-use crate::trace::Cost;
+use crate::trace::{Cost, TracedError};
 use crate::transcript::{Entry, ReceiptDigest, TranscriptWriter};
 use crate::workflow::{AgentSpec, Workflow, termination_for};
 
@@ -91,72 +94,43 @@ pub struct RunReport {
     pub waiting_for: Option<String>,
 }
 
-/// Whether this engine runs agent steps.
-#[derive(Clone, Copy)]
-enum Agents<'a> {
-    /// The durable engine (a store, or a transcript meant to be replayed):
-    /// a workflow with an agent step is refused before it starts, since
-    /// model turns are not recorded for replay yet.
-    Durable,
-    /// The store-less runner ([`Workflow::run_with_llm`]), with the client
-    /// agent steps decide with, if any.
-    InMemory(Option<&'a LlmClient>),
-}
-
 /// Drives runs through an executor.
 pub struct Engine<'a> {
     exec: &'a Executor,
     approvals: Option<&'a dyn ApprovalPolicy>,
     store: Option<&'a Store>,
     transcript_path: Option<String>,
-    agents: Agents<'a>,
+    /// The client agent steps decide with (pinned to their model and prompt).
+    llm: Option<&'a LlmClient>,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(exec: &'a Executor) -> Self {
-        Engine { exec, approvals: None, store: None, transcript_path: None, agents: Agents::Durable }
+        Engine { exec, approvals: None, store: None, transcript_path: None, llm: None }
     }
 
-    /// Run agent steps with `llm` (store-less runs only: the transcript of
-    /// such a run does not hold the model's turns and cannot be replayed).
-    pub(crate) fn in_memory_agents(mut self, llm: Option<&'a LlmClient>) -> Self {
-        self.agents = Agents::InMemory(llm);
+    /// Run agent steps with `llm`: its pin must be each agent step's model
+    /// and prompt (`AGENT_PIN_MISMATCH`); without one an agent step fails
+    /// with `AGENT_LLM_MISSING`.
+    pub fn with_llm(mut self, llm: Option<&'a LlmClient>) -> Self {
+        self.llm = llm;
         self
     }
 
-    /// `AGENT_STEP_UNSUPPORTED` for a workflow with an agent step in a
-    /// durable run.
-    fn refuse_durable_agents(&self, workflow: &Workflow) -> Result<()> {
-        if let (Agents::Durable, Some(step)) = (self.agents, workflow.steps.iter().find(|s| s.agent.is_some())) {
-            return Err(Error::new(
-                ErrorCode::AgentStepUnsupported,
-                format!(
-                    "workflow {} step {} is an agent step: agent steps are not yet supported in durable runs (the store-less Workflow::run runs them)",
-                    workflow.id, step.id
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Run one agent step: the model proposes, the executor decides. Its
-    /// output is the final answer with the calls that ran.
-    async fn agent_step(&self, run: &mut Run, agent: &AgentSpec, call: &StepCall) -> Result<Value> {
-        let refused = |code: ErrorCode, message: String| Error::new(code, message);
-        let llm = match self.agents {
-            Agents::InMemory(Some(llm)) => Ok(llm),
-            Agents::InMemory(None) => Err(refused(
+    /// The client for `agent`'s step, or the typed refusal (traced).
+    async fn agent_llm(&self, run: &mut Run, agent: &AgentSpec, call: &StepCall) -> Result<&'a LlmClient> {
+        let refused = match self.llm {
+            None => Error::new(
                 ErrorCode::AgentLlmMissing,
-                format!("agent step {} needs an LLM client; run the workflow with Workflow::run_with_llm", call.step),
-            )),
-            Agents::Durable => Err(refused(
-                ErrorCode::AgentStepUnsupported,
-                format!("agent step {}: agent steps are not yet supported in durable runs", call.step),
-            )),
-        };
-        let llm = match llm {
-            Ok(llm) if llm.pin().model != agent.model || llm.pin().prompt_template_sha256 != agent.prompt.sha256() => {
-                Err(refused(
+                format!(
+                    "agent step {} needs an LLM client (autobiz run: AUTOBIZ_LLM_URL; in code: Workflow::run_with_llm, Engine::with_llm)",
+                    call.step
+                ),
+            ),
+            Some(llm)
+                if llm.pin().model != agent.model || llm.pin().prompt_template_sha256 != agent.prompt.sha256() =>
+            {
+                Error::new(
                     ErrorCode::AgentPinMismatch,
                     format!(
                         "agent step {} is pinned to model {} with prompt sha256 {}, but the LLM client to model {} with prompt sha256 {}",
@@ -166,24 +140,11 @@ impl<'a> Engine<'a> {
                         llm.pin().model,
                         llm.pin().prompt_template_sha256
                     ),
-                ))
+                )
             }
-            other => other,
+            Some(llm) => return Ok(llm),
         };
-        let llm = match llm {
-            Ok(llm) => llm,
-            Err(e) => {
-                return Err(self.exec.record_rejection(run, &format!("agent:{}", call.step), &call.input, e).await);
-            }
-        };
-        let step = AgentStep::new(&call.step, agent.tools.clone()).with_max_turns(agent.max_turns);
-        let outcome = step.run(self.exec, run, llm, &call.input, &call.input).await?;
-        let calls: Vec<Value> = outcome
-            .calls
-            .into_iter()
-            .map(|c| json!({ "tool": c.tool, "version": c.version, "input": c.input, "output": c.output }))
-            .collect();
-        Ok(json!({ "final": outcome.output, "calls": calls, "turns": outcome.turns }))
+        Err(self.exec.record_rejection(run, &format!("agent:{}", call.step), &call.input, refused).await)
     }
 
     /// Keep runs in `store`: registered, their state versioned step by step,
@@ -208,7 +169,6 @@ impl<'a> Engine<'a> {
     /// so [`Engine::resume`] can pick it up after a crash.
     pub async fn run(&self, spec: &RunSpec<'_>, transcript: &mut TranscriptWriter) -> Result<RunReport> {
         spec.workflow.validate()?;
-        self.refuse_durable_agents(spec.workflow)?;
         let state = RunState::new(spec.workflow, &spec.run_id, spec.event.clone());
         // Version 1 is the initial state, stored (durable runs) before the
         // first step; each transition makes the next version.
@@ -233,7 +193,7 @@ impl<'a> Engine<'a> {
         version = 1;
         transcript.write(run_start(spec))?;
         let run = self.exec.start(&spec.ctx, &spec.run_id, spec.bounds, spec.pins.clone()).await?;
-        self.drive(spec, run, state, version, Vec::new(), transcript).await
+        self.drive(spec, run, state, version, Vec::new(), AgentMemo::default(), transcript).await
     }
 
     /// Pick up a run this engine's store knows, from its last committed
@@ -252,7 +212,6 @@ impl<'a> Engine<'a> {
             return Err(Error::new(ErrorCode::InvalidInput, "only a run kept in a store can be resumed"));
         };
         spec.workflow.validate()?;
-        self.refuse_durable_agents(spec.workflow)?;
         let entity = run_entity(spec)?;
         if store.run_record(&spec.ctx, &spec.run_id).await?.is_none() {
             return Err(Error::new(ErrorCode::RunNotFound, format!("no run {} in this store", spec.run_id)));
@@ -274,7 +233,7 @@ impl<'a> Engine<'a> {
         };
         let finished = history.iter().any(|e| matches!(e, Entry::RunEnd { .. }));
         if state.status.is_terminal() && finished {
-            return self.report(spec, &state, crate::trace::Cost::default(), Vec::new(), None);
+            return self.report(spec, &state, state.hash()?, crate::trace::Cost::default(), Vec::new(), None);
         }
         // A terminal state without its run_end (the process died while
         // ending the run) goes through `drive`, which only ends it.
@@ -287,9 +246,11 @@ impl<'a> Engine<'a> {
         }
         let receipts = crate::replay::receipts_at(history, spec.workflow, self.exec.registry(), version)?;
         transcript.write(Entry::Resumed { state_version: version })?;
-        self.drive(spec, run, state, version, receipts, transcript).await
+        let memo = AgentMemo::from_history(history);
+        self.drive(spec, run, state, version, receipts, memo, transcript).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         spec: &RunSpec<'_>,
@@ -297,10 +258,10 @@ impl<'a> Engine<'a> {
         mut state: RunState,
         mut version: i64,
         mut receipts: Vec<ReceiptDigest>,
+        memo: AgentMemo,
         transcript: &mut TranscriptWriter,
     ) -> Result<RunReport> {
         let mut waiting_for = None;
-        let has_agents = spec.workflow.has_agent_steps();
         loop {
             let call = match state.next(spec.workflow) {
                 Ok(Command::Done) => break,
@@ -314,123 +275,52 @@ impl<'a> Engine<'a> {
                     break;
                 }
             };
-            let agent = if has_agents {
-                spec.workflow.steps.iter().find(|s| s.id == call.step).and_then(|s| s.agent.as_ref())
-            } else {
-                None
-            };
-            if let Some(agent) = agent {
-                // Each turn is a step of the run (AgentStep begins it); the
-                // store-less transcript keeps only the state patches.
-                let result = self.agent_step(&mut run, agent, &call).await;
-                let outcome = StepOutcome::from_result(&result);
-                let ended = match &result {
-                    Err(e) if e.code() == ErrorCode::TraceWriteFailed || run.termination().is_some() => {
-                        Some(run.termination().unwrap_or_else(|| termination_for(e.code())))
-                    }
-                    _ => None,
-                };
-                let patch = match (ended, &outcome) {
-                    (Some(t), StepOutcome::Err { code, message }) => {
-                        state.stop(Some(&call.step), t, &format!("{code}: {message}"))?
-                    }
-                    (Some(t), StepOutcome::Ok { .. }) => {
-                        state.stop(Some(&call.step), t, "the run ended during the agent step")?
-                    }
-                    (None, _) => state.apply(spec.workflow, &call, &outcome)?,
-                };
-                self.commit(spec, transcript, &mut version, patch).await?;
-                continue;
-            }
-            let contract = self.exec.registry().lookup(&call.tool, &call.version).ok();
-            let mut approved = false;
-            if let (Some(policy), Some(contract)) = (self.approvals, contract) {
-                match policy.check(&spec.ctx, &spec.run_id, &call, contract).await? {
-                    Verdict::NotRequired => approved = true,
-                    Verdict::Approved { request_id, approver } => {
-                        if state.status == RunStatus::WaitingApproval {
-                            transcript.write(Entry::HitlDecision {
-                                request_id,
-                                step: call.step_key(),
-                                decision: "approved".into(),
-                                approver: Some(approver),
-                            })?;
-                            self.commit(spec, transcript, &mut version, state.approved()?).await?;
-                        }
-                        approved = true;
-                    }
-                    Verdict::Pending { request_id } => {
-                        if state.status != RunStatus::WaitingApproval {
-                            transcript.write(Entry::HitlRequested {
-                                request_id: request_id.clone(),
-                                step: call.step_key(),
-                                visit: call.visit,
-                            })?;
-                            self.commit(spec, transcript, &mut version, state.wait_for_approval()?).await?;
-                        }
-                        waiting_for = Some(request_id);
+            let agent = spec.workflow.steps.iter().find(|s| s.id == call.step).and_then(|s| s.agent.as_ref());
+            let mut d = Driving { spec, run: &mut run, state: &mut state, version: &mut version, transcript };
+            let (result, replayed, effect, key, ended_ok) = if let Some(agent) = agent {
+                match self.agent_step(&mut d, &memo, &mut receipts, agent, &call).await? {
+                    StepEnd::Done(result) => (result, false, false, None, "the run ended during the agent step"),
+                    StepEnd::Waiting(id) => {
+                        waiting_for = Some(id);
                         break;
                     }
-                    Verdict::Denied { request_id, approver } => {
-                        let approver = Some(approver);
-                        self.decided(spec, transcript, &mut state, &mut version, &call, request_id, "denied", approver)
-                            .await?;
-                        // Compensations of what the run did may follow.
-                        if state.status.is_terminal() {
-                            break;
-                        }
-                        continue;
-                    }
-                    Verdict::Expired { request_id, proceed: false } => {
-                        self.decided(spec, transcript, &mut state, &mut version, &call, request_id, "expired", None)
-                            .await?;
-                        if state.status.is_terminal() {
-                            break;
-                        }
-                        continue;
-                    }
-                    Verdict::Expired { request_id: _, proceed: true } => approved = true,
+                    // A denial or expiry ended the run, or started its compensations.
+                    StepEnd::Stopped if d.state.status.is_terminal() => break,
+                    StepEnd::Stopped => continue,
                 }
-            }
-            if let Err(e) = self.exec.begin_step(&mut run).await {
-                let t = run.termination().unwrap_or_else(|| termination_for(e.code()));
-                let error = format!("{}: {}", e.code(), e.message());
-                transcript.write(Entry::RunStopped { termination: t, error: error.clone(), step: None })?;
-                self.commit(spec, transcript, &mut version, state.stop(None, t, &error)?).await?;
-                break;
-            }
-            let started_at = self.exec.clock().now();
-            transcript.write(Entry::Clock { at: started_at })?;
-            let side_effect = contract.map(|c| c.side_effect).unwrap_or(SideEffect::Read);
-            let key = match side_effect {
-                SideEffect::Read => None,
-                _ => Some(idempotency_key(spec.ctx.tenant(), spec.workflow, &call)?),
+            } else {
+                let contract = self.exec.registry().lookup(&call.tool, &call.version).ok();
+                let approved = match self.gate(&mut d, &call, contract).await? {
+                    Gate::Go { approved } => approved,
+                    Gate::Waiting(id) => {
+                        waiting_for = Some(id);
+                        break;
+                    }
+                    Gate::Stopped if d.state.status.is_terminal() => break,
+                    Gate::Stopped => continue,
+                };
+                if !self.begin_step(&mut d).await? {
+                    break;
+                }
+                let side_effect = contract.map(|c| c.side_effect).unwrap_or(SideEffect::Read);
+                let key = match side_effect {
+                    SideEffect::Read => None,
+                    _ => Some(step_key(spec.ctx.tenant(), spec.workflow, &call)?),
+                };
+                let external = key.as_ref().map(|k| k.key.external());
+                d.transcript.write(call.request_entry(external, self.exec.clock().now()))?;
+                let opts =
+                    CallOptions { state_key: Some(&call.step), approved, idempotency: key.as_ref().map(|k| &k.key) };
+                let called = self.exec.call_with(d.run, &call.tool, &call.version, call.input.clone(), opts).await;
+                let (replayed, effect) = effect_of(&called, side_effect);
+                (called.map(|c| c.value), replayed, effect, key, "the run ended during the call")
             };
-            transcript.write(Entry::ToolRequest {
-                step: call.step.clone(),
-                visit: call.visit,
-                tool: call.tool.clone(),
-                version: call.version.clone(),
-                input: call.input.clone(),
-                idempotency_key: key.as_ref().map(|k| k.external().to_owned()),
-            })?;
-            let opts = CallOptions { state_key: Some(&call.step), approved, idempotency: key.as_ref() };
-            let called = self.exec.call_with(&mut run, &call.tool, &call.version, call.input.clone(), opts).await;
             let at = self.exec.clock().now();
-            // `effect`: this run made the side effect (now, or before a crash
-            // when the stored result is its own), so it has a receipt here.
-            let (replayed, effect) = match &called {
-                Ok(c) => (c.replayed, side_effect != SideEffect::Read && (!c.replayed || c.receipt.is_some())),
-                Err(_) => (false, false),
-            };
-            let result = called.map(|c| c.value);
             let outcome = StepOutcome::from_result(&result);
-            let ended = match &result {
-                Err(e) if e.code() == ErrorCode::TraceWriteFailed || run.termination().is_some() => {
-                    Some(run.termination().unwrap_or_else(|| termination_for(e.code())))
-                }
-                _ => None,
-            };
+            let ended = ended_by(&run, &result);
+            let patch = transition(spec.workflow, &mut state, &call, &outcome, ended, ended_ok)?;
+            // The response line carries the transition (without the output
+            // it already holds); the store gets the whole patch.
             transcript.write(Entry::ToolResponse {
                 step: call.step.clone(),
                 visit: call.visit,
@@ -439,20 +329,18 @@ impl<'a> Engine<'a> {
                 replayed,
                 effect,
                 ended,
+                version: version + 1,
+                patch: patch.clone(),
             })?;
-            if let (true, Ok(output)) = (effect, &result) {
-                receipts.push(receipt_digest(spec.ctx.tenant(), spec.workflow, &call, output)?);
+            if let (true, Ok(output), Some(key)) = (effect, &result, &key) {
+                receipts.push(receipt_digest(&call, key, output)?);
             }
-            let patch = match (ended, &outcome) {
-                (Some(t), StepOutcome::Err { code, message }) => {
-                    state.stop(Some(&call.step), t, &format!("{code}: {message}"))?
-                }
-                (Some(t), StepOutcome::Ok { .. }) => {
-                    state.stop(Some(&call.step), t, "the run ended during the call")?
-                }
-                (None, _) => state.apply(spec.workflow, &call, &outcome)?,
+            let stored = match (&outcome, ended) {
+                (StepOutcome::Ok { output }, None) => patch.with_output(&call.step, output),
+                _ => patch,
             };
-            self.commit(spec, transcript, &mut version, patch).await?;
+            self.persist(spec, version, &stored).await?;
+            version += 1;
         }
         if state.status.is_terminal() && run.termination().is_none() {
             let t = state.termination.unwrap_or(Termination::Completed);
@@ -473,13 +361,211 @@ impl<'a> Engine<'a> {
             let termination = state.termination.map(|t| t.as_str());
             store.set_run_status(&spec.ctx, &spec.run_id, state.status, waiting_for.as_deref(), termination).await?;
         }
-        self.report(spec, &state, run.cost(), receipts, waiting_for)
+        self.report(spec, &state, state_sha256, run.cost(), receipts, waiting_for)
+    }
+
+    /// Ask the approval policy about `call` (a declared step's, or an agent
+    /// proposal's). Records the request or the decision; a pending request
+    /// pauses the run, a denial or expiry ends it.
+    async fn gate(&self, d: &mut Driving<'_, '_>, call: &StepCall, contract: Option<&ToolContract>) -> Result<Gate> {
+        let (Some(policy), Some(contract)) = (self.approvals, contract) else {
+            return Ok(Gate::Go { approved: false });
+        };
+        Ok(match policy.check(&d.spec.ctx, &d.spec.run_id, call, contract).await? {
+            Verdict::NotRequired | Verdict::Expired { proceed: true, .. } => Gate::Go { approved: true },
+            Verdict::Approved { request_id, approver } => {
+                if d.state.status == RunStatus::WaitingApproval {
+                    d.transcript.write(Entry::HitlDecision {
+                        request_id,
+                        step: call.step_key(),
+                        decision: "approved".into(),
+                        approver: Some(approver),
+                    })?;
+                    let patch = d.state.approved()?;
+                    self.commit(d.spec, d.transcript, d.version, patch).await?;
+                }
+                Gate::Go { approved: true }
+            }
+            Verdict::Pending { request_id } => {
+                if d.state.status != RunStatus::WaitingApproval {
+                    d.transcript.write(Entry::HitlRequested {
+                        request_id: request_id.clone(),
+                        step: call.step_key(),
+                        visit: call.visit,
+                    })?;
+                    let patch = d.state.wait_for_approval()?;
+                    self.commit(d.spec, d.transcript, d.version, patch).await?;
+                }
+                Gate::Waiting(request_id)
+            }
+            Verdict::Denied { request_id, approver } => {
+                self.decided(d.spec, d.transcript, d.state, d.version, call, request_id, "denied", Some(approver))
+                    .await?;
+                Gate::Stopped
+            }
+            Verdict::Expired { request_id, proceed: false } => {
+                self.decided(d.spec, d.transcript, d.state, d.version, call, request_id, "expired", None).await?;
+                Gate::Stopped
+            }
+        })
+    }
+
+    /// Begin a step of the run (a declared step, or an agent's turn);
+    /// `false` when a bound ran out, which stops the run (recorded).
+    async fn begin_step(&self, d: &mut Driving<'_, '_>) -> Result<bool> {
+        let Err(e) = self.exec.begin_step(d.run).await else { return Ok(true) };
+        let t = d.run.termination().unwrap_or_else(|| termination_for(e.code()));
+        let error = format!("{}: {}", e.code(), e.message());
+        d.transcript.write(Entry::RunStopped { termination: t, error: error.clone(), step: None })?;
+        let patch = d.state.stop(None, t, &error)?;
+        self.commit(d.spec, d.transcript, d.version, patch).await?;
+        Ok(false)
+    }
+
+    /// Run one agent step durably: the model proposes, the executor decides,
+    /// the transcript records every turn (`model_turn`), proposal
+    /// (`agent_call`) and answer (`agent_result`). A turn or an answer the
+    /// transcript already holds for this step and visit (`memo`: a resumed
+    /// run) is reused, never asked for again; a side-effect proposal carries
+    /// its own idempotency key, so a crash between the call and its
+    /// recording replays the provider's stored result. A proposal that
+    /// needs a human pauses the run like a declared step.
+    async fn agent_step(
+        &self,
+        d: &mut Driving<'_, '_>,
+        memo: &AgentMemo,
+        receipts: &mut Vec<ReceiptDigest>,
+        agent: &AgentSpec,
+        call: &StepCall,
+    ) -> Result<StepEnd> {
+        let step = AgentStep::new(&call.step, agent.tools.clone()).with_max_turns(agent.max_turns);
+        d.transcript.write(call.request_entry(None, self.exec.clock().now()))?;
+        let llm = match self.agent_llm(d.run, agent, call).await {
+            Ok(llm) => llm,
+            Err(e) => return Ok(StepEnd::Done(Err(e))),
+        };
+        let model_tool = format!("llm:{}", llm.pin().model);
+        let mut dialogue = Dialogue::new(&step, self.exec, &agent.prompt, &call.input, &call.input);
+        loop {
+            if let Err(e) = dialogue.check_turns(&step) {
+                return Ok(StepEnd::Done(Err(self.exec.record_rejection(d.run, &model_tool, &json!({}), e).await)));
+            }
+            let turn = dialogue.outcome.turns;
+            if !self.begin_step(d).await? {
+                return Ok(StepEnd::Stopped);
+            }
+            let at = (call.step.clone(), call.visit, turn);
+            let request_sha256 = dialogue.request_sha256();
+            let content = match memo.turns.get(&at) {
+                Some(content) => content.clone(),
+                None => {
+                    let completion = match llm.complete(d.run.context(), dialogue.messages()).await {
+                        Ok(c) => c,
+                        Err(e) => return Ok(StepEnd::Done(Err(llm_failed(self.exec, d.run, &model_tool, e).await))),
+                    };
+                    // Recorded before it is acted on: a resumed run reuses it.
+                    d.transcript.write(Entry::ModelTurn {
+                        step: call.step.clone(),
+                        visit: call.visit,
+                        turn,
+                        request_sha256,
+                        model: completion.pin.model.clone(),
+                        prompt_template_sha256: completion.pin.prompt_template_sha256.clone(),
+                        content: completion.content.clone(),
+                        prompt_tokens: completion.usage.prompt_tokens,
+                        completion_tokens: completion.usage.completion_tokens,
+                        cost_micro_usd: completion.cost_micro_usd,
+                        at: self.exec.clock().now(),
+                    })?;
+                    if let Err(e) = self.exec.record_model_call(d.run, &completion).await {
+                        return Ok(StepEnd::Done(Err(e)));
+                    }
+                    completion.content
+                }
+            };
+            let (allowed, input) = match dialogue.reply(&step, &content) {
+                Turn::Final => return Ok(StepEnd::Done(Ok(dialogue.output()))),
+                Turn::Call(allowed, input) => (allowed, input),
+                Turn::Invalid(e) => {
+                    return Ok(StepEnd::Done(Err(reply_invalid(self.exec, d.run, &model_tool, e).await)));
+                }
+                Turn::NotAllowed(tool, input, e) => {
+                    let e = self.exec.record_rejection(d.run, &tool, &input, e).await;
+                    if d.run.termination().is_some() {
+                        return Ok(StepEnd::Done(Err(e)));
+                    }
+                    dialogue.refused(&TracedError::from(&e));
+                    continue;
+                }
+            };
+            // The proposal as a call of its own: `classify.turn2`, with its
+            // approval request and idempotency key.
+            let sub = call.proposal(turn, &allowed.name, &allowed.version, &input);
+            let contract = self.exec.registry().lookup(&sub.tool, &sub.version).ok();
+            let side_effect = contract.map(|c| c.side_effect).unwrap_or(SideEffect::Read);
+            let key = match side_effect {
+                SideEffect::Read => None,
+                _ => Some(step_key(d.spec.ctx.tenant(), d.spec.workflow, &sub)?),
+            };
+            let (outcome, effect) = match memo.results.get(&at) {
+                Some(recorded) => recorded.clone(),
+                None => {
+                    let approved = match self.gate(d, &sub, contract).await? {
+                        Gate::Go { approved } => approved,
+                        Gate::Waiting(id) => return Ok(StepEnd::Waiting(id)),
+                        Gate::Stopped => return Ok(StepEnd::Stopped),
+                    };
+                    d.transcript.write(Entry::AgentCall {
+                        step: call.step.clone(),
+                        visit: call.visit,
+                        turn,
+                        tool: sub.tool.clone(),
+                        version: sub.version.clone(),
+                        input: input.clone(),
+                        idempotency_key: key.as_ref().map(|k| k.key.external().to_owned()),
+                        at: self.exec.clock().now(),
+                    })?;
+                    let opts = CallOptions { state_key: None, approved, idempotency: key.as_ref().map(|k| &k.key) };
+                    let called = self.exec.call_with(d.run, &sub.tool, &sub.version, input.clone(), opts).await;
+                    let (replayed, effect) = effect_of(&called, side_effect);
+                    let outcome = match called {
+                        Ok(c) => StepOutcome::Ok { output: c.value },
+                        Err(e) if d.run.termination().is_some() => return Ok(StepEnd::Done(Err(e))),
+                        // What the model is told, and what replay tells it.
+                        Err(e) => {
+                            let traced = TracedError::from(&e);
+                            StepOutcome::Err { code: traced.code, message: traced.message }
+                        }
+                    };
+                    d.transcript.write(Entry::AgentResult {
+                        step: call.step.clone(),
+                        visit: call.visit,
+                        turn,
+                        outcome: outcome.clone(),
+                        at: self.exec.clock().now(),
+                        replayed,
+                        effect,
+                    })?;
+                    (outcome, effect)
+                }
+            };
+            match outcome {
+                StepOutcome::Ok { output } => {
+                    if let (true, Some(key)) = (effect, &key) {
+                        receipts.push(receipt_digest(&sub, key, &output)?);
+                    }
+                    dialogue.executed(allowed, input, output);
+                }
+                StepOutcome::Err { code, message } => dialogue.refused(&TracedError { code, message }),
+            }
+        }
     }
 
     fn report(
         &self,
         spec: &RunSpec<'_>,
         state: &RunState,
+        state_sha256: String,
         cost: crate::trace::Cost,
         receipts: Vec<ReceiptDigest>,
         waiting_for: Option<String>,
@@ -493,7 +579,7 @@ impl<'a> Engine<'a> {
             path: state.path.clone(),
             outputs: state.outputs.clone(),
             cost,
-            state_sha256: state.hash()?,
+            state_sha256,
             receipts,
             waiting_for,
         })
@@ -546,8 +632,101 @@ impl<'a> Engine<'a> {
             approver,
         })?;
         let t = if decision == "denied" { Termination::HitlDenied } else { Termination::HitlTimeout };
+        // The run ends, or first compensates what it did (RunState decides).
         let patch = state.end_on_decision(spec.workflow, t)?;
         self.commit(spec, transcript, version, patch).await
+    }
+}
+
+/// The state a step is driven in: the run and its state, version and
+/// transcript.
+struct Driving<'s, 'r> {
+    spec: &'s RunSpec<'r>,
+    run: &'s mut Run,
+    state: &'s mut RunState,
+    version: &'s mut i64,
+    transcript: &'s mut TranscriptWriter,
+}
+
+/// What the approval policy let a call do.
+enum Gate {
+    Go {
+        approved: bool,
+    },
+    /// A request is open: the run pauses.
+    Waiting(String),
+    /// A human decision (or a bound) ended the run; recorded.
+    Stopped,
+}
+
+/// How an agent step came out.
+enum StepEnd {
+    Done(Result<Value>),
+    Waiting(String),
+    Stopped,
+}
+
+/// What a resumed run's transcript already holds of its agent steps, by
+/// (step, visit, turn): the model's replies and the executor's answers.
+#[derive(Debug, Default)]
+pub(crate) struct AgentMemo {
+    pub turns: HashMap<(String, u32, u32), String>,
+    /// The outcome as fed back, and whether it was this run's side effect.
+    pub results: HashMap<(String, u32, u32), (StepOutcome, bool)>,
+}
+
+impl AgentMemo {
+    pub fn from_history(history: &[Entry]) -> AgentMemo {
+        let mut memo = AgentMemo::default();
+        for e in history {
+            match e {
+                Entry::ModelTurn { step, visit, turn, content, .. } => {
+                    memo.turns.insert((step.clone(), *visit, *turn), content.clone());
+                }
+                Entry::AgentResult { step, visit, turn, outcome, effect, .. } => {
+                    memo.results.insert((step.clone(), *visit, *turn), (outcome.clone(), *effect));
+                }
+                _ => {}
+            }
+        }
+        memo
+    }
+}
+
+/// (replayed, effect) of a call: `effect` when this run made the side
+/// effect (now, or before a crash when the stored result is its own), so it
+/// has a receipt here.
+fn effect_of(called: &Result<Called>, side_effect: SideEffect) -> (bool, bool) {
+    match called {
+        Ok(c) => (c.replayed, side_effect != SideEffect::Read && (!c.replayed || c.receipt.is_some())),
+        Err(_) => (false, false),
+    }
+}
+
+/// The termination when `result` ended the run.
+fn ended_by(run: &Run, result: &Result<Value>) -> Option<Termination> {
+    match result {
+        Err(e) if e.code() == ErrorCode::TraceWriteFailed || run.termination().is_some() => {
+            Some(run.termination().unwrap_or_else(|| termination_for(e.code())))
+        }
+        _ => None,
+    }
+}
+
+/// The run's transition for `call`'s `outcome` (without the output
+/// operation): `ended` when the call ended the run.
+pub(crate) fn transition(
+    workflow: &Workflow,
+    state: &mut RunState,
+    call: &StepCall,
+    outcome: &StepOutcome,
+    ended: Option<Termination>,
+    ended_ok: &str,
+) -> Result<Patch> {
+    match (ended, outcome) {
+        (Some(t), StepOutcome::Err { code, message }) => state.stop(Some(&call.step), t, &format!("{code}: {message}")),
+        (Some(t), StepOutcome::Ok { .. }) => state.stop(Some(&call.step), t, ended_ok),
+        (None, _) => state.apply_recorded(workflow, call, outcome),
     }
 }
 

@@ -103,7 +103,6 @@ pub enum ErrorCode {
     AgentToolNotAllowed,
     AgentLlmMissing,
     AgentPinMismatch,
-    AgentStepUnsupported,
 }
 
 impl ErrorCode {
@@ -184,7 +183,6 @@ impl ErrorCode {
             ErrorCode::AgentToolNotAllowed => "AGENT_TOOL_NOT_ALLOWED",
             ErrorCode::AgentLlmMissing => "AGENT_LLM_MISSING",
             ErrorCode::AgentPinMismatch => "AGENT_PIN_MISMATCH",
-            ErrorCode::AgentStepUnsupported => "AGENT_STEP_UNSUPPORTED",
         }
     }
 
@@ -225,8 +223,7 @@ impl ErrorCode {
             | SandboxHostRefused
             | SandboxRecipientRefused
             | LlmRejected
-            | AgentToolNotAllowed
-            | AgentStepUnsupported => ErrorClass::Refused,
+            | AgentToolNotAllowed => ErrorClass::Refused,
             InvalidInput
             | DatabaseUrlInvalid
             | StoreNotMigrated

@@ -57,15 +57,35 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// Derive the key of a tool call: SHA-256 over the JCS form of its parts.
     pub fn derive(parts: &KeyParts<'_>) -> Result<IdempotencyKey> {
-        let doc = serde_json::json!({
-            "tenant": parts.tenant.as_str(),
-            "workflow": parts.workflow,
-            "step": parts.step,
-            "tool": parts.tool,
-            "tool_version": parts.tool_version,
-            "input": parts.input,
-        });
-        Ok(Self::from_internal(parts.tenant.clone(), sha256_hex(canonical(&doc)?.as_bytes())))
+        Self::derive_with_canonical_input(parts, &canonical(parts.input)?)
+    }
+
+    /// [`IdempotencyKey::derive`] given `canonical_input`, the RFC 8785 text
+    /// of `parts.input` (which is not read), so a caller that also hashes the
+    /// request canonicalizes it once. The JCS form of the key's object is
+    /// composed from its members: keys in RFC 8785 order, each value in its
+    /// own canonical form, which is exactly what canonicalizing the whole
+    /// object gives (a test holds the two equal).
+    pub fn derive_with_canonical_input(parts: &KeyParts<'_>, canonical_input: &str) -> Result<IdempotencyKey> {
+        // Sorted by UTF-16 code units, as RFC 8785 sorts keys.
+        let members = [
+            ("step", parts.step),
+            ("tenant", parts.tenant.as_str()),
+            ("tool", parts.tool),
+            ("tool_version", parts.tool_version),
+            ("workflow", parts.workflow),
+        ];
+        let mut doc = String::with_capacity(canonical_input.len() + 160);
+        doc.push_str("{\"input\":");
+        doc.push_str(canonical_input);
+        for (name, value) in members {
+            doc.push_str(",\"");
+            doc.push_str(name);
+            doc.push_str("\":");
+            doc.push_str(&canonical_str(value)?);
+        }
+        doc.push('}');
+        Ok(Self::from_internal(parts.tenant.clone(), sha256_hex(doc.as_bytes())))
     }
 
     /// A key a caller supplied (an `Idempotency-Key` header, a webhook's event
@@ -105,12 +125,31 @@ impl IdempotencyKey {
 /// SHA-256 (hex) of the JCS form of a request: two requests under one key
 /// must have the same fingerprint, or the key was reused for something else.
 pub fn request_fingerprint(request: &Value) -> Result<String> {
-    Ok(sha256_hex(canonical(request)?.as_bytes()))
+    // Canonical bytes go straight into the hash, never into a string.
+    let mut hasher = Sha256::new();
+    serde_json_canonicalizer::to_writer(request, &mut hasher)
+        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// RFC 8785 canonical JSON text of `value`.
 pub fn canonical(value: &Value) -> Result<String> {
     serde_json_canonicalizer::to_string(value)
+        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))
+}
+
+/// RFC 8785 text of one string. A string of printable ASCII without `"` or
+/// `\\` is its own canonical text in quotes (RFC 8785 3.2.2.2 escapes
+/// nothing else in that range); anything else goes to the crate.
+fn canonical_str(s: &str) -> Result<String> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return Ok(out);
+    }
+    serde_json_canonicalizer::to_string(&s)
         .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))
 }
 
@@ -234,5 +273,28 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{ "currency":"usd", "amount":1.0e3 }"#).unwrap();
         assert_eq!(a, key(&b));
         assert_ne!(a, key(&json!({"amount": 1001, "currency": "usd"})));
+    }
+
+    #[test]
+    fn inv05_the_composed_key_document_is_the_canonical_form_of_the_whole_object() {
+        let tenant: TenantId = "acme".parse().unwrap();
+        let inputs = [
+            json!({"amount": 1000, "currency": "usd", "z": [1.5, -0.0, 1e21, "\u{7f}\u{1}"], "\u{e9}": {"b": 1, "a": null}}),
+            json!({"\u{10000}": 1, "\u{ffff}": 2, "a\"b": "line\nbreak\t\\"}),
+            json!([]),
+            json!("just a string"),
+        ];
+        for (i, input) in inputs.iter().enumerate() {
+            let step = ["charge", "ch\u{e9}rge#2", "a\"b", "\u{1f600}"][i];
+            let parts =
+                KeyParts { tenant: &tenant, workflow: "wf\n01", step, tool: "stripe.charge", tool_version: "1", input };
+            let whole = serde_json::json!({
+                "tenant": tenant.as_str(), "workflow": parts.workflow, "step": step,
+                "tool": parts.tool, "tool_version": parts.tool_version, "input": input,
+            });
+            let expected =
+                IdempotencyKey::from_internal(tenant.clone(), sha256_hex(canonical(&whole).unwrap().as_bytes()));
+            assert_eq!(IdempotencyKey::derive(&parts).unwrap(), expected, "{input}");
+        }
     }
 }

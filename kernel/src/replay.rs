@@ -18,9 +18,16 @@ use serde_json::{Value, json};
 use crate::bounds::Termination;
 use crate::contract::{SideEffect, ToolRegistry};
 use crate::error::{Error, ErrorCode, Result};
-use crate::run::{Command, Patch, RunState, StepCall, StepOutcome, receipt_digest};
+use std::collections::HashMap;
+
+use crate::engine::transition;
+use crate::llm::AgentStep;
+use crate::llm::agent::{Dialogue, Turn};
+use crate::run::{Command, Patch, RunState, StepCall, StepKey, StepOutcome, receipt_digest, step_key};
 use crate::tenant::TenantId;
+use crate::trace::TracedError;
 use crate::transcript::{Entry, ReceiptDigest, Transcript};
+use crate::workflow::AgentSpec;
 use crate::workflow::Workflow;
 
 /// The first place a replay differs from its transcript.
@@ -96,7 +103,10 @@ pub fn replay(
         workflow: workflow.id.clone(),
         steps: r.steps,
         termination,
-        state_sha256: r.state.hash()?,
+        state_sha256: match r.state_sha256.take() {
+            Some(hash) => hash,
+            None => r.state.hash()?,
+        },
         receipts: r.receipts.len(),
     }))
 }
@@ -125,6 +135,18 @@ pub fn receipts_at(
     Ok(r.receipts)
 }
 
+/// An agent step's recorded lines, by (step, visit, turn).
+#[derive(Default)]
+struct AgentLines {
+    /// (request SHA-256, reply)
+    turns: HashMap<(String, u32, u32), (String, String)>,
+    /// (tool, version, input, idempotency key, line)
+    #[allow(clippy::type_complexity)]
+    calls: HashMap<(String, u32, u32), (String, String, Value, Option<String>, u64)>,
+    /// (outcome, effect)
+    results: HashMap<(String, u32, u32), (StepOutcome, bool)>,
+}
+
 struct Replayer<'a> {
     workflow: &'a Workflow,
     registry: &'a ToolRegistry,
@@ -135,15 +157,21 @@ struct Replayer<'a> {
     /// Snapshots at `version` and `version - 1`, kept only when the
     /// transcript has `resumed` lines to roll back to.
     committed: Option<(RunState, Option<(RunState, usize)>)>,
-    /// A receipt whose step is not committed yet.
-    pending_receipt: Option<ReceiptDigest>,
-    /// The call the workflow asked for and the transcript confirmed.
-    pending: Option<StepCall>,
+    /// Receipts whose step is not committed yet.
+    pending_receipts: Vec<ReceiptDigest>,
+    /// What agent steps recorded, by (step, visit, turn): kept across
+    /// `resumed` lines, as a resumed run reuses them.
+    agent: AgentLines,
+    /// The call the workflow asked for and the transcript confirmed, with
+    /// its key when it is a side effect.
+    pending: Option<(StepCall, Option<StepKey>)>,
     /// The change the last transition made, to compare with the next
     /// `state_patch` line.
     patch: Option<Patch>,
     receipts: Vec<ReceiptDigest>,
     steps: u64,
+    /// The state hash the `run_end` line was checked against.
+    state_sha256: Option<String>,
 }
 
 type Step = std::result::Result<(), Divergence>;
@@ -165,11 +193,13 @@ impl<'a> Replayer<'a> {
             committed: snapshots.then(|| (state.clone(), None)),
             state,
             version: 1,
-            pending_receipt: None,
+            pending_receipts: Vec::new(),
+            agent: AgentLines::default(),
             pending: None,
             patch: None,
             receipts: Vec::new(),
             steps: 0,
+            state_sha256: None,
         })
     }
 
@@ -177,7 +207,7 @@ impl<'a> Replayer<'a> {
     fn resume_at(&mut self, line: u64, version: i64) -> Result<()> {
         self.pending = None;
         self.patch = None;
-        self.pending_receipt = None;
+        self.pending_receipts.clear();
         let Some((at, before)) = self.committed.take() else { return Ok(()) };
         let (state, before) = match before {
             _ if version == self.version => (at, before),
@@ -202,13 +232,111 @@ impl<'a> Replayer<'a> {
     }
 
     fn diverged(&self, line: u64, what: &str, expected: Value, actual: Value) -> Step {
-        Err(Divergence {
-            line,
-            step: self.pending.as_ref().map(|c| c.step_key()).or_else(|| self.state.cursor.clone()),
-            what: what.to_owned(),
-            expected,
-            actual,
-        })
+        let step = self.pending.as_ref().map(|(c, _)| c.step_key()).or_else(|| self.state.cursor.clone());
+        self.diverged_at(line, step, what, expected, actual)
+    }
+
+    fn diverged_at(&self, line: u64, step: Option<String>, what: &str, expected: Value, actual: Value) -> Step {
+        Err(Divergence { line, step, what: what.to_owned(), expected, actual })
+    }
+
+    /// An agent step's line must belong to the step being run.
+    fn in_agent_step(&self, line: u64, what: &str, step: &str, visit: u32) -> Step {
+        match &self.pending {
+            Some((call, _)) if call.step == step && call.visit == visit => Ok(()),
+            _ => {
+                self.diverged(line, what, json!({"step": step, "visit": visit}), json!("no agent step is running here"))
+            }
+        }
+    }
+
+    /// Re-run agent step `call` from its recorded turns: the same dialogue a
+    /// live run has (no model is asked), every proposal checked against its
+    /// recorded `agent_call`, every answer taken from its `agent_result`,
+    /// and the output computed from them compared with the recorded one.
+    /// The receipts of its side effects become pending.
+    fn agent_step(&mut self, line: u64, agent: &AgentSpec, call: &StepCall, recorded: &StepOutcome) -> Result<Step> {
+        let step = AgentStep::new(&call.step, agent.tools.clone()).with_max_turns(agent.max_turns);
+        let mut dialogue = Dialogue::with_registry(&step, self.registry, &agent.prompt, &call.input, &call.input);
+        let at = Some(call.step_key());
+        // `None`: the recorded lines stop before the step's end (the model
+        // failed, a bound ran out): only a recorded failure matches.
+        let computed: Option<std::result::Result<Value, String>> = loop {
+            if let Err(e) = dialogue.check_turns(&step) {
+                break Some(Err(e.code().as_str().to_owned()));
+            }
+            let turn = dialogue.outcome.turns;
+            let key = (call.step.clone(), call.visit, turn);
+            let Some((request, content)) = self.agent.turns.get(&key) else { break None };
+            let ours = dialogue.request_sha256();
+            if request != &ours {
+                let what = format!("model_turn {turn} request");
+                return Ok(self.diverged_at(line, at, &what, json!(request), json!(ours)));
+            }
+            let (allowed, input) = match dialogue.reply(&step, content) {
+                Turn::Final => break Some(Ok(dialogue.output())),
+                Turn::Invalid(e) => break Some(Err(e.code().as_str().to_owned())),
+                Turn::NotAllowed(_, _, e) => {
+                    dialogue.refused(&TracedError::from(&e));
+                    continue;
+                }
+                Turn::Call(allowed, input) => (allowed, input),
+            };
+            let Some((tool, version, recorded_input, recorded_key, call_line)) = self.agent.calls.get(&key) else {
+                break None;
+            };
+            if (tool, version, recorded_input) != (&allowed.name, &allowed.version, &input) {
+                let expected = json!({"tool": tool, "version": version, "input": recorded_input});
+                let actual = json!({"tool": allowed.name, "version": allowed.version, "input": input});
+                return Ok(self.diverged_at(*call_line, at, "agent_call", expected, actual));
+            }
+            let sub = call.proposal(turn, &allowed.name, &allowed.version, &input);
+            let side_effect = self.registry.lookup(&sub.tool, &sub.version).map(|c| c.side_effect);
+            let sub_key = match side_effect {
+                Ok(SideEffect::Read) => None,
+                _ => Some(step_key(&self.tenant, self.workflow, &sub)?),
+            };
+            let ours = sub_key.as_ref().map(|k| k.key.external().to_owned());
+            if recorded_key.is_some() && recorded_key != &ours {
+                return Ok(self.diverged_at(*call_line, at, "idempotency_key", json!(recorded_key), json!(ours)));
+            }
+            let Some((outcome, effect)) = self.agent.results.get(&key).cloned() else { break None };
+            match outcome {
+                StepOutcome::Ok { output } => {
+                    if let (true, Some(k)) = (effect, &sub_key) {
+                        self.pending_receipts.push(receipt_digest(&sub, k, &output)?);
+                    }
+                    dialogue.executed(allowed, input, output);
+                }
+                StepOutcome::Err { code, message } => dialogue.refused(&TracedError { code, message }),
+            }
+        };
+        let matches = match (&computed, recorded) {
+            (Some(Ok(ours)), StepOutcome::Ok { output }) => ours == output,
+            (Some(Err(ours)), StepOutcome::Err { code, .. }) => ours == code,
+            (None, StepOutcome::Err { .. }) => true,
+            _ => false,
+        };
+        if matches {
+            return Ok(Ok(()));
+        }
+        let actual = match computed {
+            Some(Ok(v)) => json!({"ok": {"output": v}}),
+            Some(Err(code)) => json!({"err": {"code": code}}),
+            None => json!("the recorded turns end before the step does"),
+        };
+        Ok(self.diverged_at(line, at, "agent_output", json!(recorded), actual))
+    }
+
+    /// A transition's line was taken: the store would now hold the next
+    /// version, with the pending receipt.
+    fn committed(&mut self) {
+        let receipts_before = self.receipts.len();
+        self.receipts.append(&mut self.pending_receipts);
+        self.version += 1;
+        if let Some((at, _)) = self.committed.take() {
+            self.committed = Some((self.state.clone(), Some((at, receipts_before))));
+        }
     }
 
     /// Take one line; `Ok(Err(d))` is a divergence, `Err` a broken transcript.
@@ -229,7 +357,7 @@ impl<'a> Replayer<'a> {
                 self.resume_at(line, *state_version)?;
                 Ok(())
             }
-            Entry::ToolRequest { step, visit, tool, version, input, idempotency_key } => {
+            Entry::ToolRequest { step, visit, tool, version, input, idempotency_key, .. } => {
                 let call = match self.state.next(self.workflow) {
                     Ok(Command::Call(c)) => c,
                     Ok(Command::Done) => {
@@ -240,54 +368,94 @@ impl<'a> Replayer<'a> {
                         return Ok(self.diverged(line, "request", json!({"step": step}), actual));
                     }
                 };
-                let recorded = json!({"step": step, "visit": visit, "tool": tool, "version": version, "input": input});
-                let computed = json!({"step": call.step, "visit": call.visit, "tool": call.tool, "version": call.version, "input": call.input});
-                if recorded != computed {
+                if (&call.step, call.visit, &call.tool, &call.version, &call.input)
+                    != (step, *visit, tool, version, input)
+                {
+                    let recorded =
+                        json!({"step": step, "visit": visit, "tool": tool, "version": version, "input": input});
+                    let computed = json!({"step": call.step, "visit": call.visit, "tool": call.tool, "version": call.version, "input": call.input});
                     return Ok(self.diverged(line, "request", recorded, computed));
                 }
-                if let Some(key) = idempotency_key {
-                    let ours = receipt_key(&self.tenant, self.workflow, &call)?;
-                    if key != &ours {
-                        return Ok(self.diverged(line, "idempotency_key", json!(key), json!(ours)));
+                let key = match idempotency_key {
+                    Some(recorded) => {
+                        let ours = step_key(&self.tenant, self.workflow, &call)?;
+                        if recorded != ours.key.external() {
+                            let actual = json!(ours.key.external());
+                            return Ok(self.diverged(line, "idempotency_key", json!(recorded), actual));
+                        }
+                        Some(ours)
                     }
-                }
-                self.pending = Some(call);
+                    None => None,
+                };
+                self.pending = Some((call, key));
                 Ok(())
             }
-            Entry::ToolResponse { step, visit, outcome, effect, ended, .. } => {
-                let Some(call) = self.pending.take() else {
+            Entry::ToolResponse { step, visit, outcome, effect, ended, version, patch, .. } => {
+                let Some((call, key)) = self.pending.take() else {
                     return Ok(self.diverged(line, "response", json!("a tool_request first"), json!(step)));
                 };
+                let at = Some(call.step_key());
                 if (&call.step, call.visit) != (step, *visit) {
                     let expected = json!({"step": step, "visit": visit});
-                    return Ok(self.diverged(
-                        line,
-                        "response",
-                        expected,
-                        json!({"step": call.step, "visit": call.visit}),
-                    ));
+                    let actual = json!({"step": call.step, "visit": call.visit});
+                    return Ok(self.diverged_at(line, at, "response", expected, actual));
                 }
                 self.steps += 1;
-                let patch = match (ended, outcome) {
-                    (Some(t), StepOutcome::Err { code, message }) => {
-                        self.state.stop(Some(&call.step), *t, &format!("{code}: {message}"))
+                let agent = self.workflow.steps.iter().find(|s| s.id == call.step).and_then(|s| s.agent.as_ref());
+                let ended_ok = match agent {
+                    Some(agent) => {
+                        if let Err(d) = self.agent_step(line, agent, &call, outcome)? {
+                            return Ok(Err(d));
+                        }
+                        "the run ended during the agent step"
                     }
-                    (Some(t), StepOutcome::Ok { .. }) => {
-                        self.state.stop(Some(&call.step), *t, "the run ended during the call")
-                    }
-                    (None, _) => self.state.apply(self.workflow, &call, outcome),
+                    None => "the run ended during the call",
                 };
-                self.patch = Some(patch.map_err(|e| transition(line, e))?);
+                let ours = transition(self.workflow, &mut self.state, &call, outcome, *ended, ended_ok)
+                    .map_err(|e| impossible(line, e))?;
+                if &ours != patch {
+                    return Ok(self.diverged_at(line, at, "state_patch", patch.to_value(), ours.to_value()));
+                }
+                if *version != self.version + 1 {
+                    return Ok(self.diverged_at(line, at, "state_version", json!(version), json!(self.version + 1)));
+                }
                 if *effect && let StepOutcome::Ok { output } = outcome {
                     let side_effect = self.registry.lookup(&call.tool, &call.version).map(|c| c.side_effect);
                     if side_effect.map(|s| s != SideEffect::Read).unwrap_or(true) {
-                        self.pending_receipt = Some(receipt_digest(&self.tenant, self.workflow, &call, output)?);
+                        let key = match key {
+                            Some(key) => key,
+                            None => step_key(&self.tenant, self.workflow, &call)?,
+                        };
+                        self.pending_receipts.push(receipt_digest(&call, &key, output)?);
                     }
                 }
+                self.committed();
+                Ok(())
+            }
+            Entry::ModelTurn { step, visit, turn, request_sha256, content, .. } => {
+                if let Err(d) = self.in_agent_step(line, "model_turn", step, *visit) {
+                    return Ok(Err(d));
+                }
+                self.agent.turns.insert((step.clone(), *visit, *turn), (request_sha256.clone(), content.clone()));
+                Ok(())
+            }
+            Entry::AgentCall { step, visit, turn, tool, version, input, idempotency_key, .. } => {
+                if let Err(d) = self.in_agent_step(line, "agent_call", step, *visit) {
+                    return Ok(Err(d));
+                }
+                let recorded = (tool.clone(), version.clone(), input.clone(), idempotency_key.clone(), line);
+                self.agent.calls.insert((step.clone(), *visit, *turn), recorded);
+                Ok(())
+            }
+            Entry::AgentResult { step, visit, turn, outcome, effect, .. } => {
+                if let Err(d) = self.in_agent_step(line, "agent_result", step, *visit) {
+                    return Ok(Err(d));
+                }
+                self.agent.results.insert((step.clone(), *visit, *turn), (outcome.clone(), *effect));
                 Ok(())
             }
             Entry::HitlRequested { .. } => {
-                self.patch = Some(self.state.wait_for_approval().map_err(|e| transition(line, e))?);
+                self.patch = Some(self.state.wait_for_approval().map_err(|e| impossible(line, e))?);
                 Ok(())
             }
             Entry::HitlDecision { decision, .. } => {
@@ -302,12 +470,12 @@ impl<'a> Replayer<'a> {
                         ));
                     }
                 };
-                self.patch = Some(patch.map_err(|e| transition(line, e))?);
+                self.patch = Some(patch.map_err(|e| impossible(line, e))?);
                 Ok(())
             }
             Entry::RunStopped { termination, error, step } => {
                 let patch = self.state.stop(step.as_deref(), *termination, error);
-                self.patch = Some(patch.map_err(|e| transition(line, e))?);
+                self.patch = Some(patch.map_err(|e| impossible(line, e))?);
                 Ok(())
             }
             Entry::StatePatch { patch, .. } => {
@@ -315,16 +483,12 @@ impl<'a> Replayer<'a> {
                 if &ours != patch {
                     return Ok(self.diverged(line, "state_patch", patch.to_value(), ours.to_value()));
                 }
-                let receipts_before = self.receipts.len();
-                self.receipts.extend(self.pending_receipt.take());
-                self.version += 1;
-                if let Some((at, _)) = self.committed.take() {
-                    self.committed = Some((self.state.clone(), Some((at, receipts_before))));
-                }
+                self.committed();
                 Ok(())
             }
             Entry::RunEnd { status, termination, state_sha256, receipts } => {
                 let hash = self.state.hash()?;
+                self.state_sha256 = Some(hash.clone());
                 if (status, Some(*termination)) != (&self.state.status, self.state.termination) {
                     let expected = json!({"status": status, "termination": termination});
                     let actual = json!({"status": self.state.status, "termination": self.state.termination});
@@ -341,14 +505,9 @@ impl<'a> Replayer<'a> {
     }
 }
 
-fn transition(line: u64, e: Error) -> Error {
+fn impossible(line: u64, e: Error) -> Error {
     Error::new(
         ErrorCode::TranscriptCorrupt,
         format!("line {line}: the recorded history is impossible: {}", e.message()),
     )
-}
-
-/// The external idempotency key of a step's call.
-fn receipt_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Result<String> {
-    Ok(crate::run::idempotency_key(tenant, workflow, call)?.external().to_owned())
 }

@@ -124,6 +124,33 @@ pub struct StepCall {
 }
 
 impl StepCall {
+    /// The tool call an agent step's `turn` proposed, as a call of its own
+    /// (`classify.turn2`): its approval request and idempotency key are its
+    /// own, and the same in a live run, a resumed one and a replay.
+    pub fn proposal(&self, turn: u32, tool: &str, version: &str, input: &Value) -> StepCall {
+        StepCall {
+            step: format!("{}.turn{turn}", self.step),
+            visit: self.visit,
+            tool: tool.to_owned(),
+            version: version.to_owned(),
+            input: input.clone(),
+        }
+    }
+
+    /// The request line of this call: `key` is the external idempotency
+    /// key of a side effect.
+    pub fn request_entry(&self, key: Option<&str>, at: chrono::DateTime<chrono::Utc>) -> crate::transcript::Entry {
+        crate::transcript::Entry::ToolRequest {
+            step: self.step.clone(),
+            visit: self.visit,
+            tool: self.tool.clone(),
+            version: self.version.clone(),
+            input: self.input.clone(),
+            idempotency_key: key.map(str::to_owned),
+            at,
+        }
+    }
+
     /// The step as the idempotency key names it: `charge`, `charge#2`...
     pub fn step_key(&self) -> String {
         if self.visit <= 1 { self.step.clone() } else { format!("{}#{}", self.step, self.visit) }
@@ -236,12 +263,20 @@ impl RunState {
     /// A failure goes to the step's `on_error` target if it has one and ends
     /// the run otherwise. Returns the change as an RFC 6902 patch.
     pub fn apply(&mut self, workflow: &Workflow, call: &StepCall, outcome: &StepOutcome) -> Result<Patch> {
+        let patch = self.apply_recorded(workflow, call, outcome)?;
+        Ok(match outcome {
+            StepOutcome::Ok { output } => patch.with_output(&call.step, output),
+            StepOutcome::Err { .. } => patch,
+        })
+    }
+
+    /// [`RunState::apply`] without the `add /outputs/STEP` operation: the
+    /// change as a transcript's tool response records it (its output is in
+    /// the same line).
+    pub fn apply_recorded(&mut self, workflow: &Workflow, call: &StepCall, outcome: &StepOutcome) -> Result<Patch> {
         let before = Shape::of(self);
         self.apply_inner(workflow, call, outcome)?;
         let mut patch = before.diff(self);
-        if let StepOutcome::Ok { output } = outcome {
-            patch.insert(0, json!({"op": "add", "path": pointer("outputs", &call.step), "value": output}));
-        }
         patch.insert(0, json!({"op": "add", "path": "/path/-", "value": call.step}));
         patch.insert(
             0,
@@ -413,7 +448,13 @@ impl RunState {
 
     /// SHA-256 (hex) of the state's RFC 8785 canonical form.
     pub fn hash(&self) -> Result<String> {
-        canonical_sha256(&self.to_value())
+        // Canonicalized straight from the struct into the hash: the same
+        // bytes as from `to_value()`, without copying every output first.
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        serde_json_canonicalizer::to_writer(self, &mut hasher)
+            .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize the run state: {e}")))?;
+        Ok(hex::encode(hasher.finalize()))
     }
 }
 
@@ -478,31 +519,45 @@ fn references(template: &Value, id: &str) -> bool {
 /// The idempotency key of a step's call: tenant, workflow, step (with its
 /// visit), tool, version and input.
 pub fn idempotency_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Result<IdempotencyKey> {
-    IdempotencyKey::derive(&KeyParts {
+    Ok(step_key(tenant, workflow, call)?.key)
+}
+
+/// A side-effect call's idempotency key and the hash of its request, from
+/// one RFC 8785 canonicalization of the input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepKey {
+    pub key: IdempotencyKey,
+    /// SHA-256 (hex) of the input's canonical form (the receipt's request hash).
+    pub request_sha256: String,
+}
+
+/// [`StepKey`] of `call`.
+pub fn step_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Result<StepKey> {
+    let input = crate::idempotency::canonical(&call.input)?;
+    let parts = KeyParts {
         tenant,
         workflow: &workflow.id,
         step: &call.step_key(),
         tool: &call.tool,
         tool_version: &call.version,
         input: &call.input,
+    };
+    Ok(StepKey {
+        key: IdempotencyKey::derive_with_canonical_input(&parts, &input)?,
+        request_sha256: crate::idempotency::sha256_hex(input.as_bytes()),
     })
 }
 
 /// What the receipt of `call`'s side effect proves, computed the same way
 /// by a live run and by its replay.
-pub fn receipt_digest(
-    tenant: &TenantId,
-    workflow: &Workflow,
-    call: &StepCall,
-    output: &Value,
-) -> Result<ReceiptDigest> {
+pub fn receipt_digest(call: &StepCall, key: &StepKey, output: &Value) -> Result<ReceiptDigest> {
     Ok(ReceiptDigest {
         step: call.step.clone(),
         visit: call.visit,
         tool: call.tool.clone(),
         version: call.version.clone(),
-        external_key: idempotency_key(tenant, workflow, call)?.external().to_owned(),
-        request_sha256: canonical_sha256(&call.input)?,
+        external_key: key.key.external().to_owned(),
+        request_sha256: key.request_sha256.clone(),
         response_sha256: canonical_sha256(output)?,
     })
 }
@@ -523,6 +578,13 @@ pub struct Patch(pub Vec<Value>);
 impl Patch {
     pub fn to_value(&self) -> Value {
         Value::Array(self.0.clone())
+    }
+
+    /// This patch with the `add /outputs/STEP` operation of a successful
+    /// call in front (what [`RunState::apply`] returns and the store keeps).
+    pub fn with_output(mut self, step: &str, output: &Value) -> Patch {
+        self.0.insert(0, json!({"op": "add", "path": pointer("outputs", step), "value": output}));
+        self
     }
 }
 
@@ -693,6 +755,8 @@ mod tests {
         let c = RunState::new(&wf, "r1", json!({"a": 2, "b": 2}));
         assert_ne!(a.hash().unwrap(), c.hash().unwrap());
         assert_eq!(a.hash().unwrap().len(), 64);
+        // Hashing the struct is hashing its serialized state.
+        assert_eq!(a.hash().unwrap(), canonical_sha256(&a.to_value()).unwrap());
     }
 
     #[test]

@@ -8,7 +8,22 @@
 //! the same state hash and receipts.
 //!
 //! Every line carries the format version, its sequence number and `prev`,
-//! the SHA-256 of the previous line's bytes. The chain makes an edited,
+//! the SHA-256 of the previous line's bytes, then one key naming the entry
+//! with the entry's fields as its value:
+//! `{"v":2,"seq":3,"prev":"…","tool_request":{"step":"charge",…}}`.
+//!
+//! Format v2 (this build) is v1 made lean for replay (see
+//! `docs/benchmarks.md`): the entry is keyed by its kind instead of a
+//! `kind` field beside the others (so it is parsed in one pass, without
+//! buffering the line), a tool request carries its clock reading (`at`)
+//! instead of a `clock` line before it, and a tool response carries the
+//! state change it made (`version`, `patch`) instead of a `state_patch`
+//! line after it, leaving out the `add /outputs/STEP` operation that
+//! repeats the response's output. Two lines per step instead of four. A v1
+//! transcript is refused (`TRANSCRIPT_VERSION_UNSUPPORTED`, naming the
+//! version): replay it with the autobiz that wrote it, or record it again.
+//!
+//! The chain The chain makes an edited,
 //! reordered or dropped line an error at read time ([`TRANSCRIPT_CORRUPT`]),
 //! before any replay; a file that stops before `run_end` is
 //! `TRANSCRIPT_TRUNCATED`; a newer format is `TRANSCRIPT_VERSION_UNSUPPORTED`.
@@ -20,7 +35,7 @@
 //!
 //! [`TRANSCRIPT_CORRUPT`]: crate::ErrorCode::TranscriptCorrupt
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -33,11 +48,12 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::run::{Patch, RunStatus, StepOutcome};
 
 /// The format version this build writes and the newest it reads.
-pub const TRANSCRIPT_VERSION: u32 = 1;
+pub const TRANSCRIPT_VERSION: u32 = 2;
 
-/// One event of a run's history.
+/// One event of a run's history. On a line, the variant's name (snake
+/// case) is the key whose value holds its fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Entry {
     RunStart {
         run_id: String,
@@ -49,7 +65,8 @@ pub enum Entry {
         pins: Value,
         event: Value,
     },
-    /// A reading of the injected clock, in the order the run made them.
+    /// A reading of the injected clock not tied to a request (a request
+    /// carries its own, `at`).
     Clock {
         at: DateTime<Utc>,
     },
@@ -62,6 +79,8 @@ pub enum Entry {
         /// The external idempotency key sent to the provider, for side effects.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<String>,
+        /// The injected clock's reading as the call began.
+        at: DateTime<Utc>,
     },
     ToolResponse {
         step: String,
@@ -81,8 +100,61 @@ pub enum Entry {
         /// Set when the call ended the run (a bound ran out during it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ended: Option<Termination>,
+        /// The state version this response's transition made.
+        version: i64,
+        /// What the transition changed, without the `add /outputs/STEP`
+        /// operation of a successful call (its value is `outcome.ok.output`;
+        /// [`Patch::with_output`] puts it back).
+        patch: Patch,
     },
-    /// What a transition changed in the run's state, and the version it made.
+    /// One model turn of an agent step, written before it is acted on: a
+    /// resumed run and a replay take the reply from here instead of asking
+    /// the model again.
+    ModelTurn {
+        step: String,
+        visit: u32,
+        /// 1 for the step's first turn.
+        turn: u32,
+        /// SHA-256 of the messages sent (replay checks it is what the
+        /// recorded history asks).
+        request_sha256: String,
+        /// The pin the call ran under.
+        model: String,
+        prompt_template_sha256: String,
+        /// The model's reply, as received.
+        content: String,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        cost_micro_usd: u64,
+        at: DateTime<Utc>,
+    },
+    /// The executor is about to run the tool an agent's turn proposed.
+    AgentCall {
+        step: String,
+        visit: u32,
+        turn: u32,
+        tool: String,
+        version: String,
+        input: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// What the executor answered to a proposal, as fed back to the model
+    /// (an error's message as traced).
+    AgentResult {
+        step: String,
+        visit: u32,
+        turn: u32,
+        outcome: StepOutcome,
+        at: DateTime<Utc>,
+        #[serde(default)]
+        replayed: bool,
+        /// A side effect of this run: it has a receipt.
+        #[serde(default)]
+        effect: bool,
+    },
+    /// What a transition other than a tool response changed in the run's state, and the version it made.
     StatePatch {
         version: i64,
         patch: Patch,
@@ -130,6 +202,9 @@ impl Entry {
             Entry::ToolRequest { .. } => "tool_request",
             Entry::ToolResponse { .. } => "tool_response",
             Entry::StatePatch { .. } => "state_patch",
+            Entry::ModelTurn { .. } => "model_turn",
+            Entry::AgentCall { .. } => "agent_call",
+            Entry::AgentResult { .. } => "agent_result",
             Entry::HitlRequested { .. } => "hitl_requested",
             Entry::HitlDecision { .. } => "hitl_decision",
             Entry::RunStopped { .. } => "run_stopped",
@@ -153,8 +228,9 @@ pub struct ReceiptDigest {
     pub response_sha256: String,
 }
 
-/// One line as written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One line as written: `v`, `seq`, `prev`, then the entry's kind as the
+/// key of its fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Line {
     pub v: u32,
     pub seq: u64,
@@ -162,6 +238,123 @@ pub struct Line {
     pub prev: String,
     #[serde(flatten)]
     pub entry: Entry,
+}
+
+/// Read in one pass: the envelope's fields, and the one other key names the
+/// entry, whose fields are parsed straight into their variant (serde's
+/// `flatten` would buffer the whole line as untyped content first).
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Line, D::Error> {
+        deserializer.deserialize_map(LineVisitor)
+    }
+}
+
+struct LineVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LineVisitor {
+    type Value = Line;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a transcript line: v, seq, prev and one entry")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Line, A::Error> {
+        use serde::de::Error as _;
+        let (mut v, mut seq, mut prev, mut entry) = (None, None, None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "v" => v = Some(map.next_value::<u32>()?),
+                "seq" => seq = Some(map.next_value::<u64>()?),
+                "prev" => prev = Some(map.next_value::<String>()?),
+                kind => {
+                    if entry.is_some() {
+                        return Err(A::Error::custom(format!("a second entry `{kind}` on one line")));
+                    }
+                    entry = Some(map.next_value_seed(EntrySeed(kind))?);
+                }
+            }
+        }
+        Ok(Line {
+            v: v.ok_or_else(|| A::Error::missing_field("v"))?,
+            seq: seq.ok_or_else(|| A::Error::missing_field("seq"))?,
+            prev: prev.ok_or_else(|| A::Error::missing_field("prev"))?,
+            entry: entry.ok_or_else(|| A::Error::custom("no entry on the line"))?,
+        })
+    }
+}
+
+/// [`Entry`] from a value whose variant name was the key before it.
+struct EntrySeed<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = Entry;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> std::result::Result<Entry, D::Error> {
+        Entry::deserialize(Variant { name: self.0, de })
+    }
+}
+
+/// A deserializer presenting `de` as the fields of enum variant `name`.
+struct Variant<'k, D> {
+    name: &'k str,
+    de: D,
+}
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for Variant<'_, D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, D::Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de, D: serde::Deserializer<'de>> serde::de::EnumAccess<'de> for Variant<'_, D> {
+    type Error = D::Error;
+    type Variant = Self;
+
+    fn variant_seed<S: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> std::result::Result<(S::Value, Self), D::Error> {
+        let name = seed.deserialize(serde::de::value::StrDeserializer::<D::Error>::new(self.name))?;
+        Ok((name, self))
+    }
+}
+
+impl<'de, D: serde::Deserializer<'de>> serde::de::VariantAccess<'de> for Variant<'_, D> {
+    type Error = D::Error;
+
+    fn unit_variant(self) -> std::result::Result<(), D::Error> {
+        serde::de::IgnoredAny::deserialize(self.de).map(|_| ())
+    }
+
+    fn newtype_variant_seed<S: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> std::result::Result<S::Value, D::Error> {
+        seed.deserialize(self.de)
+    }
+
+    fn tuple_variant<V: serde::de::Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> std::result::Result<V::Value, D::Error> {
+        self.de.deserialize_tuple(len, visitor)
+    }
+
+    fn struct_variant<V: serde::de::Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, D::Error> {
+        self.de.deserialize_struct("entry", fields, visitor)
+    }
 }
 
 /// Appends lines to a transcript, keeping the chain.
@@ -206,16 +399,13 @@ impl TranscriptWriter {
             file.set_len(complete as u64).map_err(|e| io(path, e))?;
             file.sync_all().map_err(|e| io(path, e))?;
         }
-        let lines = read_lines(path)?;
-        let (seq, prev) = match lines.last() {
-            Some((raw, line)) => (line.seq + 1, sha256_hex(raw.as_bytes())),
-            None => (0, String::new()),
-        };
+        let (lines, last) = read_lines(path)?;
+        let seq = lines.last().map_or(0, |l| l.seq + 1);
         let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| io(path, e))?;
         let mut w = TranscriptWriter::to(Box::new(std::io::BufWriter::new(file)));
         w.seq = seq;
-        w.prev = prev;
-        Ok((w, lines.into_iter().map(|(_, l)| l.entry).collect()))
+        w.prev = last;
+        Ok((w, lines.into_iter().map(|l| l.entry).collect()))
     }
 
     /// Write to any sink.
@@ -265,17 +455,12 @@ pub struct Transcript {
 impl Transcript {
     /// Read and check `path`.
     pub fn read(path: &Path) -> Result<Transcript> {
-        Ok(Transcript { lines: read_lines(path)?.into_iter().map(|(_, l)| l).collect() })
+        Ok(Transcript { lines: read_lines(path)?.0 })
     }
 
     /// Read and check transcript text.
     pub fn parse(text: &str) -> Result<Transcript> {
-        Ok(Transcript {
-            lines: parse_lines(text.lines().map(|l| Ok(l.to_owned())), "transcript")?
-                .into_iter()
-                .map(|(_, l)| l)
-                .collect(),
-        })
+        Ok(Transcript { lines: parse_lines(text, "transcript")?.0 })
     }
 
     /// The entries in order.
@@ -311,39 +496,31 @@ impl Transcript {
     }
 }
 
-fn read_lines(path: &Path) -> Result<Vec<(String, Line)>> {
-    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let reader = std::io::BufReader::new(file);
+/// The lines of `path`, checked, and the hash the next line's `prev` is.
+fn read_lines(path: &Path) -> Result<(Vec<Line>, String)> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
     let name = path.display().to_string();
-    parse_lines(
-        reader.lines().map(|l| {
-            l.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    Error::new(ErrorCode::TranscriptCorrupt, format!("{name}: not UTF-8 text"))
-                } else {
-                    Error::new(ErrorCode::TranscriptIo, format!("cannot read {name}: {e}"))
-                }
-            })
-        }),
-        &name,
-    )
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::new(ErrorCode::TranscriptCorrupt, format!("{name}: not UTF-8 text")))?;
+    parse_lines(text, &name)
 }
 
-fn parse_lines(lines: impl Iterator<Item = Result<String>>, name: &str) -> Result<Vec<(String, Line)>> {
-    let mut out: Vec<(String, Line)> = Vec::new();
-    let mut prev = String::new();
-    for (i, raw) in lines.enumerate() {
-        let raw = raw?;
+fn parse_lines(text: &str, name: &str) -> Result<(Vec<Line>, String)> {
+    let mut out: Vec<Line> = Vec::with_capacity(text.len() / 256);
+    // The previous line's digest (none before the first line), compared
+    // with each line's `prev` without building a hex string per line.
+    let mut prev: Option<[u8; 32]> = None;
+    for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         if raw.trim().is_empty() {
             return Err(Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: empty line")));
         }
         // The common case in one pass; on any error, look at the version
-        // before the shape, so a newer format is named as such rather than
+        // before the shape, so another format is named as such rather than
         // as garbage.
-        let line = match serde_json::from_str::<Line>(&raw) {
-            Ok(line) if line.v <= TRANSCRIPT_VERSION => line,
-            _ => diagnose(&raw, name, n)?,
+        let line = match serde_json::from_str::<Line>(raw) {
+            Ok(line) if line.v == TRANSCRIPT_VERSION => line,
+            _ => diagnose(raw, name, n)?,
         };
         if line.seq != i as u64 {
             return Err(Error::new(
@@ -354,16 +531,26 @@ fn parse_lines(lines: impl Iterator<Item = Result<String>>, name: &str) -> Resul
                 ),
             ));
         }
-        if line.prev != prev {
+        let chained = match &prev {
+            None => line.prev.is_empty(),
+            Some(digest) => {
+                let mut claimed = [0u8; 32];
+                // Lowercase only, as written: one spelling per chain.
+                !line.prev.bytes().any(|b| b.is_ascii_uppercase())
+                    && hex::decode_to_slice(&line.prev, &mut claimed).is_ok()
+                    && &claimed == digest
+            }
+        };
+        if !chained {
             return Err(Error::new(
                 ErrorCode::TranscriptCorrupt,
                 format!("{name} line {n}: the chain is broken (the previous line was changed)"),
             ));
         }
-        prev = sha256_hex(raw.as_bytes());
-        out.push((raw, line));
+        prev = Some(Sha256::digest(raw.as_bytes()).into());
+        out.push(line);
     }
-    Ok(out)
+    Ok((out, prev.map(hex::encode).unwrap_or_default()))
 }
 
 /// Why a line does not parse: truncated, a newer format, or garbage.
@@ -381,12 +568,21 @@ fn diagnose(raw: &str, name: &str, n: usize) -> Result<Line> {
                 ),
             ));
         }
+        Some(v) if v < u64::from(TRANSCRIPT_VERSION) => {
+            return Err(Error::new(
+                ErrorCode::TranscriptVersionUnsupported,
+                format!(
+                    "{name} line {n}: transcript format v{v} is older than this autobiz reads (v{TRANSCRIPT_VERSION}); replay it with the autobiz that wrote it, or record the run again"
+                ),
+            ));
+        }
         Some(_) => {}
         None => {
             return Err(Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: no format version `v`")));
         }
     }
-    serde_json::from_value(value).map_err(|e| Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: {e}")))
+    serde_json::from_str::<Line>(raw)
+        .map_err(|e| Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: {e}")))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -473,14 +669,36 @@ mod tests {
     #[test]
     fn inv06_a_newer_format_is_refused_by_version() {
         let mut lines = sample();
-        lines[0] = lines[0].replacen("\"v\":1", "\"v\":2", 1);
+        lines[0] = lines[0].replacen("\"v\":2", "\"v\":3", 1);
         let e = Transcript::parse(&lines.join("\n")).unwrap_err();
         assert_eq!(e.code(), ErrorCode::TranscriptVersionUnsupported);
+        assert!(e.message().contains("v3 is newer"), "{e}");
+    }
+
+    #[test]
+    fn inv06_a_v1_transcript_is_refused_by_version_not_as_garbage() {
+        let v1 = r#"{"v":1,"seq":0,"prev":"","kind":"run_start","run_id":"r1","tenant":"acme","principal":"agent","workflow":"WF01","config_hash":"abc","pins":{},"event":{}}"#;
+        let e = Transcript::parse(v1).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TranscriptVersionUnsupported, "{e}");
+        assert!(e.message().contains("v1 is older") && e.message().contains("record the run again"), "{e}");
+    }
+
+    #[test]
+    fn inv06_a_line_is_its_envelope_and_one_entry_keyed_by_kind() {
+        let lines = sample();
+        assert!(lines[0].starts_with(r#"{"v":2,"seq":0,"prev":"","run_start":{"run_id":"r1""#), "{}", lines[0]);
+        // Two entries on one line, or none, are refused.
+        let two = lines[0].replacen(r#""run_start":"#, r#""clock":{"at":"2023-11-14T22:13:20Z"},"run_start":"#, 1);
+        assert_eq!(Transcript::parse(&two).unwrap_err().code(), ErrorCode::TranscriptCorrupt);
+        let none = r#"{"v":2,"seq":0,"prev":""}"#;
+        assert_eq!(Transcript::parse(none).unwrap_err().code(), ErrorCode::TranscriptCorrupt);
+        let unknown = r#"{"v":2,"seq":0,"prev":"","teleport":{}}"#;
+        assert_eq!(Transcript::parse(unknown).unwrap_err().code(), ErrorCode::TranscriptCorrupt);
     }
 
     #[test]
     fn inv06_garbage_is_corrupt() {
-        for junk in ["not json", "{}", "{\"v\":1}", "[1,2]", "\u{0}"] {
+        for junk in ["not json", "{}", "{\"v\":2}", "[1,2]", "\u{0}", "{\"v\":2,\"seq\":0,\"prev\":\"\",\"clock\":7}"] {
             let e = Transcript::parse(junk).unwrap_err();
             assert!(matches!(e.code(), ErrorCode::TranscriptCorrupt | ErrorCode::TranscriptTruncated), "{junk}: {e}");
         }

@@ -12,7 +12,8 @@
 //! An agent step ([`AgentSpec`]) runs [`crate::llm::AgentStep`] instead of
 //! one tool: the model proposes calls of the step's tools, each through the
 //! executor, until its final answer, which (with the executed calls) is the
-//! step's output. Only this store-less runner runs agent steps.
+//! step's output. The durable engine runs them too, recording every model
+//! turn in the transcript ([`crate::engine`]).
 
 use std::collections::BTreeMap;
 
@@ -55,9 +56,7 @@ pub struct Step {
 }
 
 /// What an agent step runs: the model and prompt its client must be pinned
-/// to, the tools it may propose, its turn limit. Agent steps run only in the
-/// store-less runner ([`Workflow::run_with_llm`]); the durable engine refuses
-/// them (`AGENT_STEP_UNSUPPORTED`).
+/// to, the tools it may propose, its turn limit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSpec {
     pub model: String,
@@ -172,7 +171,7 @@ impl Workflow {
             pins,
             config_hash: String::new(),
         };
-        let engine = Engine::new(exec).in_memory_agents(llm);
+        let engine = Engine::new(exec).with_llm(llm);
         let report = engine.run(&spec, &mut TranscriptWriter::to(Box::new(std::io::sink()))).await?;
         Ok(Outcome {
             run_id: report.run_id,

@@ -3,18 +3,18 @@
 //! outside the step's list is refused and fed back, the corrected proposal
 //! runs), the next declared step consumes the agent's answer, the prompt's
 //! pin is in the trace; without a client, or under another pin, the step
-//! fails with a typed error; the durable engine refuses agent steps.
+//! fails with a typed error. Durable runs of agent steps: `agent_durable.rs`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autobiz_fakes::LlmFake;
+use autobiz_kernel::Result;
 use autobiz_kernel::assembly::{Assembly, RunnableWorkflow};
 use autobiz_kernel::bounds::{Bounds, Termination};
 use autobiz_kernel::clock::SystemClock;
 use autobiz_kernel::config::BusinessConfig;
-use autobiz_kernel::engine::{Engine, RunSpec};
 use autobiz_kernel::executor::{CallContext, Executor, Tool, ToolOutput};
 use autobiz_kernel::llm::{Endpoint, LlmClient, LlmConfig, LlmSettings, PriceTable, PromptTemplate};
 use autobiz_kernel::providers::SandboxGuard;
@@ -23,9 +23,7 @@ use autobiz_kernel::secrets::AuditSink;
 use autobiz_kernel::store::{AuditEvent, SecurityEvent};
 use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
 use autobiz_kernel::trace::{MemoryTraceSink, RecordKind};
-use autobiz_kernel::transcript::TranscriptWriter;
 use autobiz_kernel::workflow::Outcome;
-use autobiz_kernel::{ErrorCode, Result};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -281,22 +279,4 @@ async fn an_agent_step_without_a_final_answer_within_max_turns_fails_the_step() 
     let error = out.error.unwrap();
     assert!(error.starts_with("BOUND_EXCEEDED") && error.contains("max_turns = 2"), "{error}");
     assert_eq!(fake.requests().len(), 2, "no third turn");
-}
-
-#[tokio::test]
-async fn the_durable_engine_refuses_a_workflow_with_an_agent_step() {
-    let f = fixture(4);
-    let spec = RunSpec {
-        workflow: &f.workflow.workflow,
-        ctx: ctx(),
-        run_id: "run-durable".into(),
-        bounds: bounds(&f),
-        event: json!({"message": "hi"}),
-        pins: json!({}),
-        config_hash: String::new(),
-    };
-    let err = Engine::new(&f.exec).run(&spec, &mut TranscriptWriter::to(Box::new(std::io::sink()))).await.unwrap_err();
-    assert_eq!(err.code(), ErrorCode::AgentStepUnsupported);
-    assert!(err.message().contains("agent steps are not yet supported in durable runs"), "{}", err.message());
-    assert!(f.sink.records("run-durable").is_empty(), "the run never started");
 }

@@ -16,6 +16,7 @@ use autobiz_kernel::hitl::HitlRules;
 use autobiz_kernel::hitl::gate::StoreApprovals;
 use autobiz_kernel::hitl::slack::SlackNotifier;
 use autobiz_kernel::idempotency::DEFAULT_WINDOW;
+use autobiz_kernel::llm::{Cassette, Endpoint, LlmClient, LlmConfig, LlmSettings, PriceTable};
 use autobiz_kernel::providers::{self, HttpSettings, ProviderEndpoints, Providers, SandboxGuard, SendgridSettings};
 use autobiz_kernel::redaction::RedactionPolicy;
 use autobiz_kernel::run::RunStatus;
@@ -23,6 +24,8 @@ use autobiz_kernel::secrets::{FileSecrets, MasterKey};
 use autobiz_kernel::store::Store;
 use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
 use autobiz_kernel::transcript::TranscriptWriter;
+use autobiz_kernel::workflow::Workflow;
+use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::cli::{GlobalArgs, RunArgs};
@@ -90,7 +93,7 @@ async fn drive(
             let event = read_event(event_path)?;
             let run_id = args.run_id.clone().unwrap_or_else(new_run_id);
             let transcript = args.transcript.clone().unwrap_or_else(|| default_transcript(&run_id));
-            (workflow.clone(), run_id, event, serde_json::json!({}), transcript, false)
+            (workflow.clone(), run_id, event, Value::Null, transcript, false)
         }
         _ => {
             return Err(CliError::input("USAGE", "give either WORKFLOW --event FILE or --resume RUN_ID"));
@@ -106,13 +109,23 @@ async fn drive(
     // The run acts as the workflow's principal (CC-03), for the CLI's tenant.
     let ctx = TenantContext::new(cli_ctx.tenant().clone(), Principal::new(&wf.principal), CorrelationId::random());
     let config_hash = assembly.config_hash.clone();
+    let llm = llm_client(args, &wf.workflow, store)?;
+    // A new run records the client's pin; a resumed one keeps what it recorded.
+    let pins = match (pins, &llm) {
+        (Value::Null, Some(llm)) => llm.pin().as_pins(),
+        (Value::Null, None) => serde_json::json!({}),
+        (pins, _) => pins,
+    };
     let exec = executor(assembly, store)?;
     let mut approvals = StoreApprovals::new(store.clone(), rules, Arc::new(SystemClock));
     if let Ok(url) = std::env::var("AUTOBIZ_SLACK_WEBHOOK_URL") {
         approvals = approvals.with_slack(SlackNotifier::new(&url)?);
     }
     let transcript_name = transcript.display().to_string();
-    let engine = Engine::new(&exec).with_store(store, Some(transcript_name.clone())).with_approvals(&approvals);
+    let engine = Engine::new(&exec)
+        .with_store(store, Some(transcript_name.clone()))
+        .with_approvals(&approvals)
+        .with_llm(llm.as_ref());
     let spec = RunSpec { workflow: &wf.workflow, ctx, run_id, bounds: wf.bounds, event, pins, config_hash };
     let report = if resuming {
         let (mut w, history) = TranscriptWriter::resume(&transcript)?;
@@ -176,6 +189,44 @@ fn providers(store: &Store) -> Result<Option<Providers>, CliError> {
         HttpSettings::default(),
         SendgridSettings::default(),
     )?))
+}
+
+/// The LLM client of the workflow's agent steps, pinned to the first one's
+/// model and prompt: from `--llm-url` / `AUTOBIZ_LLM_URL` (key
+/// `AUTOBIZ_LLM_API_KEY`), `--llm-fallback-url` / `AUTOBIZ_LLM_FALLBACK_URL`
+/// (key `AUTOBIZ_LLM_FALLBACK_API_KEY`, else the primary's) and `--cassette`
+/// / `AUTOBIZ_CASSETTE` (mode `AUTOBIZ_CASSETTE_MODE`). None for a workflow
+/// without agent steps, or without an endpoint (its agent steps then fail
+/// with `AGENT_LLM_MISSING`). Always the sandbox profile.
+fn llm_client(args: &RunArgs, workflow: &Workflow, store: &Store) -> Result<Option<LlmClient>, CliError> {
+    let Some(agent) = workflow.steps.iter().find_map(|s| s.agent.as_ref()) else { return Ok(None) };
+    let Some(url) = args.llm_url.as_deref() else {
+        if args.cassette.is_some() {
+            return Err(CliError::input(
+                "LLM_URL_REQUIRED",
+                "--cassette needs the endpoint it was recorded against: --llm-url or AUTOBIZ_LLM_URL",
+            ));
+        }
+        return Ok(None);
+    };
+    let key = |var: &str| std::env::var(var).ok().filter(|k| !k.is_empty()).map(SecretString::from);
+    let primary_key = key("AUTOBIZ_LLM_API_KEY");
+    let primary = Endpoint::new(url, primary_key.clone())?;
+    let fallback = match args.llm_fallback_url.as_deref() {
+        Some(url) => Some(Endpoint::new(url, key("AUTOBIZ_LLM_FALLBACK_API_KEY").or(primary_key))?),
+        None => None,
+    };
+    let cassette = args.cassette.as_ref().map(Cassette::from_env).transpose()?;
+    let config = LlmConfig {
+        model: agent.model.clone(),
+        template: agent.prompt.clone(),
+        primary,
+        fallback,
+        prices: PriceTable::default(),
+        settings: LlmSettings::default(),
+        cassette,
+    };
+    Ok(Some(LlmClient::new(config, SandboxGuard::sandbox(), Arc::new(store.clone()))?))
 }
 
 fn read_event(path: &Path) -> Result<Value, CliError> {

@@ -26,6 +26,12 @@ pub fn autobiz(dir: &Path) -> Command {
         "AUTOBIZ_EVIDENCE_KEY",
         "AUTOBIZ_EVIDENCE_PUBKEY",
         "AUTOBIZ_NEXTEST",
+        "AUTOBIZ_LLM_URL",
+        "AUTOBIZ_LLM_API_KEY",
+        "AUTOBIZ_LLM_FALLBACK_URL",
+        "AUTOBIZ_LLM_FALLBACK_API_KEY",
+        "AUTOBIZ_CASSETTE",
+        "AUTOBIZ_CASSETTE_MODE",
         "GIT_DIR",
         "GIT_WORK_TREE",
     ] {

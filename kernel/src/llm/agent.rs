@@ -38,7 +38,10 @@ use serde_json::{Value, json};
 use crate::bounds::Termination;
 use crate::error::{Error, ErrorCode, Result};
 use crate::executor::{CallOptions, Executor, Run};
-use crate::llm::{LlmClient, Message};
+use sha2::{Digest, Sha256};
+
+use crate::contract::ToolRegistry;
+use crate::llm::{LlmClient, Message, PromptTemplate};
 use crate::trace::TracedError;
 
 /// A tool the step lets the model propose.
@@ -105,11 +108,6 @@ fn parse_reply(content: &str) -> std::result::Result<Reply, &'static str> {
     Ok(Reply::Call { tool: tool.to_owned(), version, input })
 }
 
-fn feedback(e: &Error) -> Message {
-    let traced = TracedError::from(e);
-    Message::user(json!({ "error": { "code": traced.code, "message": traced.message } }).to_string())
-}
-
 impl AgentStep {
     pub fn new(id: &str, tools: Vec<AllowedTool>) -> AgentStep {
         AgentStep { id: id.to_owned(), tools, max_turns: None }
@@ -123,12 +121,12 @@ impl AgentStep {
 
     /// The `tools` variable of the template: name, version and input schema
     /// of each allowed tool.
-    fn tools_json(&self, exec: &Executor) -> Value {
+    fn tools_json(&self, registry: &ToolRegistry) -> Value {
         Value::Array(
             self.tools
                 .iter()
                 .map(|t| {
-                    let schema = exec.registry().lookup(&t.name, &t.version).map(|c| c.input.source().clone()).ok();
+                    let schema = registry.lookup(&t.name, &t.version).map(|c| c.input.source().clone()).ok();
                     json!({ "tool": t.name, "version": t.version, "input_schema": schema })
                 })
                 .collect(),
@@ -159,97 +157,194 @@ impl AgentStep {
         vars: &Value,
         task: &Value,
     ) -> Result<AgentOutcome> {
-        let mut vars = vars.as_object().cloned().unwrap_or_default();
-        vars.insert("tools".to_owned(), self.tools_json(exec));
-        let mut messages =
-            vec![Message::system(llm.template().render(&Value::Object(vars))), Message::user(task.to_string())];
-        let mut outcome = AgentOutcome { output: Value::Null, turns: 0, calls: Vec::new(), rejected: Vec::new() };
+        let mut dialogue = Dialogue::new(self, exec, llm.template(), vars, task);
         let model_tool = format!("llm:{}", llm.pin().model);
         loop {
-            if let Some(max) = self.max_turns
-                && outcome.turns >= max
-            {
-                let e = Error::new(
-                    ErrorCode::BoundExceeded,
-                    format!("agent step {}: no final answer within max_turns = {max}", self.id),
-                );
+            if let Err(e) = dialogue.check_turns(self) {
                 return Err(exec.record_rejection(run, &model_tool, &json!({}), e).await);
             }
             exec.begin_step(run).await?;
-            outcome.turns += 1;
-            let completion = match llm.complete(run.context(), &messages).await {
+            let completion = match llm.complete(run.context(), dialogue.messages()).await {
                 Ok(c) => c,
-                Err(e) => {
-                    let termination = if e.code() == ErrorCode::LlmUnavailable {
-                        Termination::LlmUnavailable
-                    } else {
-                        Termination::LlmFailed
-                    };
-                    let e = exec.record_rejection(run, &model_tool, &json!({}), e).await;
-                    if run.termination().is_none() {
-                        exec.finish(run, termination).await?;
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(llm_failed(exec, run, &model_tool, e).await),
             };
             exec.record_model_call(run, &completion).await?;
-            messages.push(Message::assistant(completion.content.clone()));
-            let (tool, version, input) = match parse_reply(&completion.content) {
-                Ok(Reply::Final(output)) => {
-                    outcome.output = output;
-                    return Ok(outcome);
-                }
-                Ok(Reply::Call { tool, version, input }) => (tool, version, input),
-                Err(why) => {
-                    let e = Error::new(
-                        ErrorCode::AgentReplyInvalid,
-                        format!("agent step {}: {why}; expected {{\"tool\", \"input\"}} or {{\"final\"}}", self.id),
-                    );
-                    let e = exec.record_rejection(run, &model_tool, &json!({}), e).await;
-                    if run.termination().is_none() {
-                        exec.finish(run, Termination::AgentReplyInvalid).await?;
+            let (allowed, input) = match dialogue.reply(self, &completion.content) {
+                Turn::Final => return Ok(dialogue.outcome),
+                Turn::Call(allowed, input) => (allowed, input),
+                Turn::Invalid(e) => return Err(reply_invalid(exec, run, &model_tool, e).await),
+                Turn::NotAllowed(tool, input, e) => {
+                    let e = exec.record_rejection(run, &tool, &input, e).await;
+                    if run.termination().is_some() {
+                        return Err(e);
                     }
-                    return Err(e);
+                    dialogue.refused(&TracedError::from(&e));
+                    continue;
                 }
-            };
-            let Some(allowed) = self.allowed(&tool, version.as_deref()).cloned() else {
-                let names: Vec<String> = self.tools.iter().map(|t| format!("{}@{}", t.name, t.version)).collect();
-                let e = Error::new(
-                    ErrorCode::AgentToolNotAllowed,
-                    format!(
-                        "agent step {}: {tool}@{} is not among this step's tools ({})",
-                        self.id,
-                        version.as_deref().unwrap_or("?"),
-                        names.join(", ")
-                    ),
-                );
-                let e = exec.record_rejection(run, &tool, &input, e).await;
-                if run.termination().is_some() {
-                    return Err(e);
-                }
-                outcome.rejected.push(e.code());
-                messages.push(feedback(&e));
-                continue;
             };
             match exec.call_with(run, &allowed.name, &allowed.version, input.clone(), CallOptions::default()).await {
-                Ok(called) => {
-                    messages.push(Message::user(json!({ "result": called.value }).to_string()));
-                    outcome.calls.push(ExecutedCall {
-                        tool: allowed.name,
-                        version: allowed.version,
-                        input,
-                        output: called.value,
-                    });
-                }
+                Ok(called) => dialogue.executed(allowed, input, called.value),
                 Err(e) => {
                     if run.termination().is_some() {
                         return Err(e);
                     }
-                    outcome.rejected.push(e.code());
-                    messages.push(feedback(&e));
+                    dialogue.refused(&TracedError::from(&e));
                 }
             }
         }
+    }
+}
+
+/// An LLM failure ends the run (`llm_unavailable` / `llm_failed`), traced.
+pub(crate) async fn llm_failed(exec: &Executor, run: &mut Run, model_tool: &str, e: Error) -> Error {
+    let termination =
+        if e.code() == ErrorCode::LlmUnavailable { Termination::LlmUnavailable } else { Termination::LlmFailed };
+    let e = exec.record_rejection(run, model_tool, &json!({}), e).await;
+    if run.termination().is_none() {
+        let _ = exec.finish(run, termination).await;
+    }
+    e
+}
+
+/// A reply outside the protocol ends the run (`agent_reply_invalid`), traced.
+pub(crate) async fn reply_invalid(exec: &Executor, run: &mut Run, model_tool: &str, e: Error) -> Error {
+    let e = exec.record_rejection(run, model_tool, &json!({}), e).await;
+    if run.termination().is_none() {
+        let _ = exec.finish(run, Termination::AgentReplyInvalid).await;
+    }
+    e
+}
+
+/// What the model's reply asks for.
+pub(crate) enum Turn {
+    /// The step is done: `dialogue.outcome.output` is the answer.
+    Final,
+    /// Run this allowed tool with this input.
+    Call(AllowedTool, Value),
+    /// A proposal for a tool outside the step's list (tool, input, error):
+    /// refuse it and feed it back.
+    NotAllowed(String, Value, Error),
+    /// Not a proposal at all (`AGENT_REPLY_INVALID`): the run ends.
+    Invalid(Error),
+}
+
+/// The conversation of one agent step: the messages so far and what the step
+/// did. Pure: the live drivers feed it the model's replies and the
+/// executor's answers, replay feeds it the recorded ones, so both build the
+/// same messages and the same output.
+pub(crate) struct Dialogue {
+    messages: Vec<Message>,
+    pub outcome: AgentOutcome,
+}
+
+impl Dialogue {
+    /// The system message (the template rendered with `vars` and the step's
+    /// `tools`) and the task.
+    pub fn new(step: &AgentStep, exec: &Executor, template: &PromptTemplate, vars: &Value, task: &Value) -> Dialogue {
+        Dialogue::with_registry(step, exec.registry(), template, vars, task)
+    }
+
+    pub fn with_registry(
+        step: &AgentStep,
+        registry: &ToolRegistry,
+        template: &PromptTemplate,
+        vars: &Value,
+        task: &Value,
+    ) -> Dialogue {
+        let mut vars = vars.as_object().cloned().unwrap_or_default();
+        vars.insert("tools".to_owned(), step.tools_json(registry));
+        let messages = vec![Message::system(template.render(&Value::Object(vars))), Message::user(task.to_string())];
+        Dialogue {
+            messages,
+            outcome: AgentOutcome { output: Value::Null, turns: 0, calls: Vec::new(), rejected: Vec::new() },
+        }
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// SHA-256 (hex) of the messages the next turn sends: what a recorded
+    /// turn answered.
+    pub fn request_sha256(&self) -> String {
+        let mut hasher = Sha256::new();
+        for m in &self.messages {
+            for part in [m.role.as_bytes(), b"\0", m.content.as_bytes(), b"\0"] {
+                hasher.update(part);
+            }
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    /// Begin a turn: `BOUND_EXCEEDED` past `max_turns`.
+    pub fn check_turns(&mut self, step: &AgentStep) -> Result<()> {
+        if let Some(max) = step.max_turns
+            && self.outcome.turns >= max
+        {
+            return Err(Error::new(
+                ErrorCode::BoundExceeded,
+                format!("agent step {}: no final answer within max_turns = {max}", step.id),
+            ));
+        }
+        self.outcome.turns += 1;
+        Ok(())
+    }
+
+    /// Take the model's reply to the current turn.
+    pub fn reply(&mut self, step: &AgentStep, content: &str) -> Turn {
+        self.messages.push(Message::assistant(content.to_owned()));
+        let (tool, version, input) = match parse_reply(content) {
+            Ok(Reply::Final(output)) => {
+                self.outcome.output = output;
+                return Turn::Final;
+            }
+            Ok(Reply::Call { tool, version, input }) => (tool, version, input),
+            Err(why) => {
+                return Turn::Invalid(Error::new(
+                    ErrorCode::AgentReplyInvalid,
+                    format!("agent step {}: {why}; expected {{\"tool\", \"input\"}} or {{\"final\"}}", step.id),
+                ));
+            }
+        };
+        match step.allowed(&tool, version.as_deref()).cloned() {
+            Some(allowed) => Turn::Call(allowed, input),
+            None => {
+                let names: Vec<String> = step.tools.iter().map(|t| format!("{}@{}", t.name, t.version)).collect();
+                let e = Error::new(
+                    ErrorCode::AgentToolNotAllowed,
+                    format!(
+                        "agent step {}: {tool}@{} is not among this step's tools ({})",
+                        step.id,
+                        version.as_deref().unwrap_or("?"),
+                        names.join(", ")
+                    ),
+                );
+                Turn::NotAllowed(tool, input, e)
+            }
+        }
+    }
+
+    /// The proposal ran: its output goes back to the model.
+    pub fn executed(&mut self, tool: AllowedTool, input: Value, output: Value) {
+        self.messages.push(Message::user(json!({ "result": output }).to_string()));
+        self.outcome.calls.push(ExecutedCall { tool: tool.name, version: tool.version, input, output });
+    }
+
+    /// The proposal was refused (as traced): the error goes back to the model.
+    pub fn refused(&mut self, e: &TracedError) {
+        self.outcome.rejected.push(ErrorCode::from_code(&e.code).unwrap_or(ErrorCode::ToolFailed));
+        self.messages.push(Message::user(json!({ "error": { "code": e.code, "message": e.message } }).to_string()));
+    }
+
+    /// The step's output: `{"final", "calls", "turns"}`.
+    pub fn output(&self) -> Value {
+        let calls: Vec<Value> = self
+            .outcome
+            .calls
+            .iter()
+            .map(|c| json!({ "tool": c.tool, "version": c.version, "input": c.input, "output": c.output }))
+            .collect();
+        json!({ "final": self.outcome.output, "calls": calls, "turns": self.outcome.turns })
     }
 }
 
