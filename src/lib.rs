@@ -11,6 +11,8 @@
 //!   [`nextest`]: listing and running tests through cargo-nextest.
 //! * [`hygiene`]: the repository scan of the hygiene suite (no live keys,
 //!   no live hosts in the data a run reads).
+//! * [`golden`]: the golden suite's harness: scenario files, the in-process
+//!   runner over fresh fakes and a fresh store, the oracles and their diff.
 //! * [`serve`]: `autobiz serve`'s router (webhooks, approvals, health,
 //!   metrics) and its event worker.
 //! * [`report`]: how results and errors are shown (human or JSON) and the
@@ -22,6 +24,7 @@ mod commands;
 pub mod evidence;
 pub mod exit_criteria;
 pub mod gate;
+pub mod golden;
 pub mod hygiene;
 pub mod nextest;
 mod progress;

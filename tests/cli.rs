@@ -200,12 +200,12 @@ fn p1_t30_p1_t_cc03_check_refuses_a_tool_the_principal_has_no_scope_for() {
     let dir = tempfile::tempdir().unwrap();
     let text = example_with(
         dir.path(),
-        "tools = [\"shopify.order.get\", \"printful.order.get\", \"sendgrid.mail.send\"]",
-        "tools = [\"shopify.order.get\", \"printful.order.get\"]",
+        "\"printful.order.get\", \"sendgrid.mail.send\", \"stripe.payment_intent.list\"",
+        "\"printful.order.get\", \"stripe.payment_intent.list\"",
     );
     let line = line_of(&text, "id = \"closeout_report\"");
     autobiz(dir.path()).arg("check").assert().code(1).stdout(predicate::str::contains(format!(
-        "error[CC-03] autobiz.toml:{line}: /workflows/6/steps/1/tool: WF07: step \"closeout_report\" calls \"sendgrid.mail.send\", which no scope allows for principal \"job:closeout\"\n    fix: add \"sendgrid.mail.send\" to the tools of a [[scopes]] entry for principal \"job:closeout\"\n"
+        "error[CC-03] autobiz.toml:{line}: /workflows/6/steps/2/tool: WF07: step \"closeout_report\" calls \"sendgrid.mail.send\", which no scope allows for principal \"job:closeout\"\n    fix: add \"sendgrid.mail.send\" to the tools of a [[scopes]] entry for principal \"job:closeout\"\n"
     )));
 }
 
@@ -228,7 +228,7 @@ fn p1_t41_p1_t_cc04_check_refuses_a_financial_tool_without_hitl() {
     let dir = tempfile::tempdir().unwrap();
     let text = example_with(
         dir.path(),
-        "[[hitl]]\ntool = \"stripe.payment_intent.cancel\"\ntimeout_s = 3600\non_timeout = \"FAIL\"\napprovers = [\"ops-lead\"]\n",
+        "[[hitl]]\ntool = \"stripe.payment_intent.cancel\"\nwhen = \"reason == \\\"fraudulent\\\"\"\ntimeout_s = 3600\non_timeout = \"FAIL\"\napprovers = [\"ops-lead\"]\n",
         "",
     );
     let side_effect_line = line_of(&text, "name = \"stripe.payment_intent.cancel\"") + 2;

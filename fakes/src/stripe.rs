@@ -118,6 +118,12 @@ impl StripeState {
         let parts: Vec<&str> = path.split('/').skip(1).collect();
         match (ex.method(), parts.as_slice()) {
             ("POST", ["v1", "payment_intents"]) => self.create_intent(params),
+            // Oldest first (Stripe lists newest first and paginates; the
+            // fake returns every intent on one page).
+            ("GET", ["v1", "payment_intents"]) => Reply::json(
+                200,
+                json!({ "object": "list", "url": "/v1/payment_intents", "has_more": false, "data": self.intents.values().cloned().collect::<Vec<_>>() }),
+            ),
             ("GET", ["v1", "payment_intents", id]) => match self.intents.get(*id) {
                 Some(pi) => Reply::json(200, pi.clone()),
                 None => not_found("payment_intent", id),

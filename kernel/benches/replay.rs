@@ -82,6 +82,8 @@ fn setup() -> (Workflow, Executor) {
             next: None,
             on_error: None,
             agent: None,
+            compensate_with: None,
+            retry: None,
         })
         .collect();
     (Workflow { id: "WF99".into(), name: "bench".into(), steps }, exec)

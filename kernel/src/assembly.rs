@@ -99,6 +99,7 @@ impl Assembly {
         let bounds = runtime_bounds(&model.bounds);
         let mut workflows = BTreeMap::new();
         for wf in &model.workflows {
+            let mut undo: Vec<Step> = Vec::new();
             let steps = wf
                 .steps
                 .iter()
@@ -137,6 +138,27 @@ impl Assembly {
                             ));
                         }
                     };
+                    let compensate_with = match s.compensate_with.as_deref() {
+                        None => None,
+                        Some(c) if wf.step(c).is_some() => Some(c.to_owned()),
+                        Some(c) => {
+                            // A tool: a step of its own, reached only by compensation.
+                            let tool = resolve(c)?;
+                            let id = format!("undo:{}", s.id);
+                            undo.push(Step {
+                                id: id.clone(),
+                                tool: tool.name.clone(),
+                                version: tool.version.clone(),
+                                input: serde_json::Value::Object(s.compensate_input.clone().unwrap_or_default()),
+                                next: Some(crate::workflow::END.to_owned()),
+                                on_error: None,
+                                agent: None,
+                                compensate_with: None,
+                                retry: None,
+                            });
+                            Some(id)
+                        }
+                    };
                     Ok(Step {
                         id: s.id.clone(),
                         tool,
@@ -145,9 +167,19 @@ impl Assembly {
                         next: s.next.clone(),
                         on_error: s.on_error.clone(),
                         agent,
+                        compensate_with,
+                        retry: s.retry.map(clamp_u32),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let mut steps = steps;
+            if !undo.is_empty() {
+                // The last declared step must not fall through into them.
+                if let Some(last) = steps.last_mut().filter(|l| l.next.is_none()) {
+                    last.next = Some(crate::workflow::END.to_owned());
+                }
+                steps.append(&mut undo);
+            }
             let workflow = Workflow { id: wf.id.clone(), name: wf.name.clone(), steps };
             workflow.validate()?;
             workflows.insert(
@@ -248,7 +280,7 @@ mod tests {
             Arc::new(crate::trace::MemoryTraceSink::new()),
             Arc::new(crate::clock::SystemClock),
         );
-        assert_eq!(exec.registry().len(), 14);
+        assert_eq!(exec.registry().len(), 16);
         assert_eq!(workflows.len(), 7);
     }
 
@@ -264,7 +296,7 @@ mod tests {
     #[test]
     fn p1_t30_a_wildcard_scope_never_grants_a_financial_tool() {
         let cfg = EXAMPLE.replacen(
-            "principal = \"job:closeout\"\ntools = [\"shopify.order.get\", \"printful.order.get\", \"sendgrid.mail.send\"]",
+            "principal = \"job:closeout\"\ntools = [\"shopify.order.get\", \"printful.order.get\", \"sendgrid.mail.send\", \"stripe.payment_intent.list\",\n         \"ledger.reconcile\", \"ledger.drift.open\"]",
             "principal = \"job:closeout\"\ntools = [\"*\"]",
             1,
         );

@@ -284,7 +284,9 @@ impl<'a> Engine<'a> {
                         waiting_for = Some(id);
                         break;
                     }
-                    StepEnd::Stopped => break,
+                    // A denial or expiry ended the run, or started its compensations.
+                    StepEnd::Stopped if d.state.status.is_terminal() => break,
+                    StepEnd::Stopped => continue,
                 }
             } else {
                 let contract = self.exec.registry().lookup(&call.tool, &call.version).ok();
@@ -294,7 +296,8 @@ impl<'a> Engine<'a> {
                         waiting_for = Some(id);
                         break;
                     }
-                    Gate::Stopped => break,
+                    Gate::Stopped if d.state.status.is_terminal() => break,
+                    Gate::Stopped => continue,
                 };
                 if !self.begin_step(&mut d).await? {
                     break;
@@ -629,7 +632,9 @@ impl<'a> Engine<'a> {
             approver,
         })?;
         let t = if decision == "denied" { Termination::HitlDenied } else { Termination::HitlTimeout };
-        self.commit(spec, transcript, version, state.end(t)?).await
+        // The run ends, or first compensates what it did (RunState decides).
+        let patch = state.end_on_decision(spec.workflow, t)?;
+        self.commit(spec, transcript, version, patch).await
     }
 }
 

@@ -46,6 +46,7 @@ pub mod assembly;
 pub mod bounds;
 pub mod breaker;
 pub mod clock;
+pub mod closeout;
 pub mod config;
 pub mod contract;
 pub mod engine;

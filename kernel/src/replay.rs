@@ -461,8 +461,8 @@ impl<'a> Replayer<'a> {
             Entry::HitlDecision { decision, .. } => {
                 let patch = match decision.as_str() {
                     "approved" => self.state.approved(),
-                    "denied" => self.state.end(Termination::HitlDenied),
-                    "expired" => self.state.end(Termination::HitlTimeout),
+                    "denied" => self.state.end_on_decision(self.workflow, Termination::HitlDenied),
+                    "expired" => self.state.end_on_decision(self.workflow, Termination::HitlTimeout),
                     other => {
                         return Err(Error::new(
                             ErrorCode::TranscriptCorrupt,

@@ -53,6 +53,9 @@ pub enum RunEvent {
     Approved,
     Denied,
     ApprovalExpired,
+    /// A failure (or a denied or expired approval) after side effects: the
+    /// run goes on with the compensations of its completed steps.
+    Compensate,
     Finished,
     Failed,
 }
@@ -69,6 +72,8 @@ pub const RUN_TRANSITIONS: &[(RunStatus, RunEvent, RunStatus)] = &[
     (RunStatus::Running, RunEvent::Finished, RunStatus::Completed),
     (RunStatus::Running, RunEvent::Failed, RunStatus::Failed),
     (RunStatus::Running, RunEvent::Denied, RunStatus::Aborted),
+    (RunStatus::Running, RunEvent::Compensate, RunStatus::Running),
+    (RunStatus::WaitingApproval, RunEvent::Compensate, RunStatus::Running),
 ];
 
 impl RunStatus {
@@ -187,6 +192,11 @@ pub struct RunState {
     /// The last step failure (kept when `on_error` routed it).
     pub error: Option<String>,
     pub termination: Option<Termination>,
+    /// Set once the run unwinds: the compensations of its completed steps
+    /// (absent from the state of a run that never compensated, so older
+    /// states and transcripts hash as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<Compensation>,
     /// Where the cursor's step is in the workflow, when known: a lookup
     /// hint (not state), so a long run does not search its steps each time.
     #[serde(skip)]
@@ -207,6 +217,7 @@ impl RunState {
             cursor: workflow.steps.first().map(|s| s.id.clone()),
             error: None,
             termination: None,
+            compensation: None,
             at: Some(0),
         }
     }
@@ -290,20 +301,35 @@ impl RunState {
                 self.outputs.insert(step.id.clone(), output.clone());
                 step.next.clone()
             }
+            StepOutcome::Err { code, message } if self.compensation.is_some() => {
+                // A compensation that fails is recorded; the others still run.
+                self.status = self.status.on(RunEvent::StepRecovered)?;
+                return self.compensated(&step.id, Some(format!("{code}: {message}")));
+            }
             StepOutcome::Err { code, message } => {
                 self.error = Some(format!("{code}: {message}"));
+                let attempts = self.visits.get(&step.id).copied().unwrap_or(0);
                 match &step.on_error {
+                    // Retry per the step's policy: the next visit is a new
+                    // call with its own idempotency key (`step#2`).
+                    _ if step.retry.is_some_and(|max| attempts < max) => {
+                        self.status = self.status.on(RunEvent::StepRecovered)?;
+                        Some(step.id.clone())
+                    }
                     Some(target) => {
                         self.status = self.status.on(RunEvent::StepRecovered)?;
                         Some(target.clone())
                     }
                     None => {
                         let code = ErrorCode::from_code(code).unwrap_or(ErrorCode::ToolFailed);
-                        return self.end_inner(termination_for(code));
+                        return self.fail_or_compensate(workflow, termination_for(code));
                     }
                 }
             }
         };
+        if self.compensation.is_some() {
+            return self.compensated(&step.id, None);
+        }
         (self.cursor, self.at) = match goto.as_deref() {
             Some(END) => (None, None),
             Some(target) => (Some(target.to_owned()), None),
@@ -316,6 +342,50 @@ impl RunState {
             return self.end_inner(t);
         }
         Ok(())
+    }
+
+    /// End the run with `termination`, unless completed steps have
+    /// compensations: then the run goes on with those, latest first, and
+    /// ends with `termination` after the last (see [`compensation_plan`]).
+    fn fail_or_compensate(&mut self, workflow: &Workflow, termination: Termination) -> Result<()> {
+        let pending = compensation_plan(workflow, &self.path, &self.outputs);
+        let Some(first) = pending.first().cloned() else { return self.end_inner(termination) };
+        self.status = self.status.on(RunEvent::Compensate)?;
+        self.compensation = Some(Compensation {
+            termination,
+            cause: self.error.clone().unwrap_or_default(),
+            pending,
+            done: Vec::new(),
+        });
+        (self.cursor, self.at) = (Some(first), None);
+        Ok(())
+    }
+
+    /// A compensation step ran (`error` when it failed): on to the next one,
+    /// or end the run with the termination that started the unwinding.
+    fn compensated(&mut self, step: &str, error: Option<String>) -> Result<()> {
+        let Some(c) = self.compensation.as_mut() else { return Ok(()) };
+        if c.pending.first().map(String::as_str) == Some(step) {
+            c.pending.remove(0);
+        }
+        c.done.push(CompensationDone { step: step.to_owned(), error });
+        let (next, termination) = (c.pending.first().cloned(), c.termination);
+        self.at = None;
+        match next {
+            Some(next) => {
+                self.cursor = Some(next);
+                Ok(())
+            }
+            None => self.end_inner(termination),
+        }
+    }
+
+    /// A human denied the step the run waits at, or nobody decided in time:
+    /// the run ends with `termination`, after compensating what it did.
+    pub fn end_on_decision(&mut self, workflow: &Workflow, termination: Termination) -> Result<Patch> {
+        let before = Shape::of(self);
+        self.fail_or_compensate(workflow, termination)?;
+        Ok(Patch(before.diff(self)))
     }
 
     /// End the run with `termination` (a bound, a failure the driver saw
@@ -385,6 +455,64 @@ impl RunState {
         serde_json_canonicalizer::to_writer(self, &mut hasher)
             .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize the run state: {e}")))?;
         Ok(hex::encode(hasher.finalize()))
+    }
+}
+
+/// A run unwinding: the compensations of its completed steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compensation {
+    /// How the run ends once the compensations ran.
+    pub termination: Termination,
+    /// The failure that started the unwinding.
+    pub cause: String,
+    /// Compensation steps still to run, the next first.
+    pub pending: Vec<String>,
+    /// Compensation steps that ran, in order, with the error of each that failed.
+    pub done: Vec<CompensationDone>,
+}
+
+/// One compensation step that ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompensationDone {
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The compensation steps to run after a failure, in order: for each step
+/// that succeeded (latest first) and declares `compensate_with`, its
+/// compensation step, once. A step is left out when a later completed step
+/// that has a compensation of its own took its output as input (a capture
+/// consumes its authorization: refunding the capture undoes both, and
+/// voiding the spent authorization would fail).
+pub fn compensation_plan(workflow: &Workflow, path: &[String], outputs: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut plan: Vec<String> = Vec::new();
+    let mut compensated: Vec<&Step> = Vec::new();
+    for id in path.iter().rev() {
+        let Some(step) = workflow.steps.iter().find(|s| &s.id == id) else { continue };
+        let Some(comp) = step.compensate_with.as_ref() else { continue };
+        if !outputs.contains_key(id) || compensated.iter().any(|s| s.id == step.id) {
+            continue;
+        }
+        let consumed = compensated.iter().any(|later| references(&later.input, id));
+        compensated.push(step);
+        if !consumed && !plan.contains(comp) {
+            plan.push(comp.clone());
+        }
+    }
+    plan
+}
+
+/// Does `template` read the output of step `id` (`$.id` or `$.id.…`)?
+fn references(template: &Value, id: &str) -> bool {
+    match template {
+        Value::String(s) => s
+            .strip_prefix("$.")
+            .and_then(|rest| rest.strip_prefix(id))
+            .is_some_and(|t| t.is_empty() || t.starts_with('.')),
+        Value::Object(m) => m.values().any(|v| references(v, id)),
+        Value::Array(a) => a.iter().any(|v| references(v, id)),
+        _ => false,
     }
 }
 
@@ -466,11 +594,18 @@ struct Shape {
     cursor: Option<String>,
     error: Option<String>,
     termination: Option<Termination>,
+    compensation: Option<Compensation>,
 }
 
 impl Shape {
     fn of(s: &RunState) -> Shape {
-        Shape { status: s.status, cursor: s.cursor.clone(), error: s.error.clone(), termination: s.termination }
+        Shape {
+            status: s.status,
+            cursor: s.cursor.clone(),
+            error: s.error.clone(),
+            termination: s.termination,
+            compensation: s.compensation.clone(),
+        }
     }
 
     fn diff(self, s: &RunState) -> Vec<Value> {
@@ -487,6 +622,10 @@ impl Shape {
         }
         if self.termination != s.termination {
             add("/termination", json!(s.termination));
+        }
+        if self.compensation != s.compensation {
+            // `add` creates the member or replaces it.
+            ops.push(json!({"op": "add", "path": "/compensation", "value": s.compensation}));
         }
         ops
     }
@@ -512,6 +651,8 @@ mod tests {
             next: next.map(Into::into),
             on_error: on_error.map(Into::into),
             agent: None,
+            compensate_with: None,
+            retry: None,
         };
         Workflow {
             id: "WF01".into(),
@@ -637,6 +778,138 @@ mod tests {
             json_patch::patch(&mut doc, &patch).unwrap();
         }
         assert_eq!(doc, s.to_value());
+    }
+
+    /// authorize -> capture (consumes authorize) -> ship -> mail; void and
+    /// refund only by compensation.
+    fn saga() -> Workflow {
+        let step = |id: &str, input: Value, next: Option<&str>, comp: Option<&str>, retry: Option<u32>| Step {
+            id: id.into(),
+            tool: format!("t.{id}"),
+            version: "1".into(),
+            input,
+            next: next.map(Into::into),
+            on_error: None,
+            agent: None,
+            compensate_with: comp.map(Into::into),
+            retry,
+        };
+        Workflow {
+            id: "WF01".into(),
+            name: "saga".into(),
+            steps: vec![
+                step("authorize", json!({}), None, Some("void"), None),
+                step("capture", json!({"pi": "$.authorize.id"}), None, Some("refund"), None),
+                step("ship", json!({}), None, None, Some(2)),
+                step("mail", json!({}), Some("end"), None, None),
+                step("void", json!({"pi": "$.authorize.id"}), Some("end"), None, None),
+                step("refund", json!({"pi": "$.capture.id"}), Some("end"), None, None),
+            ],
+        }
+    }
+
+    fn drive(s: &mut RunState, wf: &Workflow, outcomes: &[(&str, StepOutcome)]) -> Vec<Patch> {
+        let mut patches = Vec::new();
+        for (step, out) in outcomes {
+            let Command::Call(c) = s.next(wf).unwrap() else { panic!("done before {step}") };
+            assert_eq!(&c.step, step);
+            patches.push(s.apply(wf, &c, out).unwrap());
+        }
+        patches
+    }
+
+    fn err(code: &str) -> StepOutcome {
+        StepOutcome::Err { code: code.into(), message: "no".into() }
+    }
+
+    #[test]
+    fn p1_t27_a_failure_after_money_moved_runs_the_compensations_latest_first() {
+        let wf = saga();
+        let mut s = RunState::new(&wf, "r1", json!({}));
+        let mut doc = s.to_value();
+        // ship fails twice (retry = 2), then refund; the capture consumed the
+        // authorization, so no void.
+        let patches = drive(
+            &mut s,
+            &wf,
+            &[
+                ("authorize", ok(json!({"id": "pi_1"}))),
+                ("capture", ok(json!({"id": "pi_1"}))),
+                ("ship", err("PROVIDER_UNAVAILABLE")),
+                ("ship", err("PROVIDER_UNAVAILABLE")),
+                ("refund", ok(json!({"id": "re_1"}))),
+            ],
+        );
+        assert_eq!(s.next(&wf).unwrap(), Command::Done);
+        assert_eq!((s.status, s.termination), (RunStatus::Failed, Some(Termination::ToolFailed)));
+        let c = s.compensation.clone().unwrap();
+        assert_eq!(c.done, vec![CompensationDone { step: "refund".into(), error: None }]);
+        assert!(c.pending.is_empty() && c.cause.starts_with("PROVIDER_UNAVAILABLE"));
+        assert_eq!(s.visits["ship"], 2);
+        for p in patches {
+            let patch: json_patch::Patch = serde_json::from_value(p.to_value()).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+        }
+        assert_eq!(doc, s.to_value(), "the patches rebuild the compensating run");
+    }
+
+    #[test]
+    fn p1_t27_a_failed_capture_voids_the_authorization_and_a_failed_compensation_is_recorded() {
+        let wf = saga();
+        let mut s = RunState::new(&wf, "r1", json!({}));
+        drive(&mut s, &wf, &[("authorize", ok(json!({"id": "pi_1"}))), ("capture", err("PROVIDER_DECLINED"))]);
+        assert_eq!(s.status, RunStatus::Running, "compensating, not ended");
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        assert_eq!((c.step.as_str(), c.input.clone()), ("void", json!({"pi": "pi_1"})));
+        s.apply(&wf, &c, &err("PROVIDER_REJECTED")).unwrap();
+        assert_eq!((s.status, s.termination), (RunStatus::Failed, Some(Termination::ToolFailed)));
+        let done = &s.compensation.as_ref().unwrap().done;
+        assert_eq!(done[0].step, "void");
+        assert!(done[0].error.as_deref().unwrap().starts_with("PROVIDER_REJECTED"));
+        // The run's error stays the failure that started the unwinding.
+        assert!(s.error.as_deref().unwrap().starts_with("PROVIDER_DECLINED"));
+    }
+
+    #[test]
+    fn p1_t27_nothing_to_compensate_ends_the_run_and_a_denial_compensates() {
+        let wf = saga();
+        let mut s = RunState::new(&wf, "r1", json!({}));
+        drive(&mut s, &wf, &[("authorize", err("PROVIDER_DECLINED"))]);
+        assert_eq!((s.status, s.compensation.is_none()), (RunStatus::Failed, true));
+        // The state of a run that never compensated serializes as before.
+        assert!(s.to_value().get("compensation").is_none());
+        let mut d = RunState::new(&wf, "r2", json!({}));
+        drive(&mut d, &wf, &[("authorize", ok(json!({"id": "pi_2"})))]);
+        d.wait_for_approval().unwrap();
+        d.end_on_decision(&wf, Termination::HitlDenied).unwrap();
+        assert_eq!(d.status, RunStatus::Running);
+        drive(&mut d, &wf, &[("void", ok(json!({})))]);
+        assert_eq!((d.status, d.termination), (RunStatus::Aborted, Some(Termination::HitlDenied)));
+        // Without anything done, a denial aborts at once.
+        let mut e = RunState::new(&wf, "r3", json!({}));
+        e.wait_for_approval().unwrap();
+        e.end_on_decision(&wf, Termination::HitlTimeout).unwrap();
+        assert_eq!((e.status, e.termination), (RunStatus::Failed, Some(Termination::HitlTimeout)));
+    }
+
+    #[test]
+    fn p1_t27_a_step_retries_per_its_policy_with_a_new_visit_each_time() {
+        let wf = saga();
+        let mut s = RunState::new(&wf, "r1", json!({}));
+        drive(
+            &mut s,
+            &wf,
+            &[
+                ("authorize", ok(json!({"id": "pi_1"}))),
+                ("capture", ok(json!({"id": "pi_1"}))),
+                ("ship", err("PROVIDER_UNAVAILABLE")),
+            ],
+        );
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        assert_eq!((c.step.as_str(), c.visit, c.step_key()), ("ship", 2, "ship#2".to_owned()));
+        s.apply(&wf, &c, &ok(json!({}))).unwrap();
+        drive(&mut s, &wf, &[("mail", ok(json!({})))]);
+        assert_eq!((s.status, s.compensation.is_none()), (RunStatus::Completed, true));
     }
 
     #[test]

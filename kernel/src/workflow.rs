@@ -45,6 +45,14 @@ pub struct Step {
     pub on_error: Option<String>,
     /// Set for an agent step: the model proposes the calls.
     pub agent: Option<AgentSpec>,
+    /// The step that undoes this one (a step of the same workflow), run when
+    /// a later step fails the run after this one succeeded
+    /// ([`crate::run::compensation_plan`]).
+    pub compensate_with: Option<String>,
+    /// Attempts in all when the step fails (`None`: one); each further
+    /// attempt is a new visit, with its own idempotency key, before
+    /// `on_error` or the end of the run.
+    pub retry: Option<u32>,
 }
 
 /// What an agent step runs: the model and prompt its client must be pinned
@@ -99,6 +107,14 @@ impl Workflow {
             }
         }
         for s in &self.steps {
+            if let Some(c) = &s.compensate_with
+                && !seen.contains_key(c.as_str())
+            {
+                return Err(Error::new(
+                    ErrorCode::ConfigInvalid,
+                    format!("workflow {}: step {} is compensated by unknown step {c:?}", self.id, s.id),
+                ));
+            }
             for target in [&s.next, &s.on_error].into_iter().flatten() {
                 if target != END && !seen.contains_key(target.as_str()) {
                     return Err(Error::new(
@@ -252,6 +268,8 @@ mod tests {
             next: next.map(Into::into),
             on_error: on_error.map(Into::into),
             agent: None,
+            compensate_with: None,
+            retry: None,
         }
     }
 

@@ -129,6 +129,14 @@ fn executor(store: &Store, provider: &Arc<Provider>, crash: &Arc<Crash>) -> Exec
         ),
         ("ship.create", SideEffect::Write, obj(json!({"order_id": {"type": "string"}}))),
         ("mail.send", SideEffect::Notify, obj(json!({"order_id": {"type": "string"}}))),
+        ("ship.broken", SideEffect::Write, obj(json!({"order_id": {"type": "string"}}))),
+        (
+            "pay.refund",
+            SideEffect::Financial,
+            obj(
+                json!({"payment": {"type": "string"}, "order_id": {"type": "string"}, "amount": {"type": "integer"}, "currency": {"type": "string"}}),
+            ),
+        ),
     ] {
         let c = ToolContract::new(
             name,
@@ -144,18 +152,31 @@ fn executor(store: &Store, provider: &Arc<Provider>, crash: &Arc<Crash>) -> Exec
     }
     let perms = PermissionEnforcer::new(vec![Scope::new(
         "agent:shop",
-        &["order.get", "pay.capture", "ship.create", "mail.send"],
+        &["order.get", "pay.capture", "ship.create", "mail.send", "ship.broken", "pay.refund"],
     )]);
     let sink = Arc::new(HookedSink(store.clone(), crash.clone()));
     let mut exec =
         Executor::new(r, perms, LoopPolicy::default(), RedactionPolicy::default(), sink, Arc::new(SystemClock))
             .with_durability(Durability { store: store.clone(), window: Duration::from_secs(86_400) });
     exec.bind("order.get", "1", Arc::new(ReadTool)).unwrap();
-    for name in ["pay.capture", "ship.create", "mail.send"] {
+    for name in ["pay.capture", "ship.create", "mail.send", "pay.refund"] {
         let tool = ProviderTool { name, provider: provider.clone(), crash: crash.clone() };
         exec.bind(name, "1", Arc::new(tool)).unwrap();
     }
+    exec.bind("ship.broken", "1", Arc::new(BrokenTool(crash.clone()))).unwrap();
     exec
+}
+
+/// A provider that always fails (after a crash hook), to make a run
+/// compensate.
+struct BrokenTool(Arc<Crash>);
+
+#[async_trait::async_trait]
+impl Tool for BrokenTool {
+    async fn call(&self, _call: CallContext, _input: Value) -> autobiz_kernel::Result<ToolOutput> {
+        self.0.hook().await;
+        Err(autobiz_kernel::Error::new(autobiz_kernel::ErrorCode::ProviderUnavailable, "the warehouse is down"))
+    }
 }
 
 /// No HITL rule matches: every call is approved by policy.
@@ -187,6 +208,8 @@ fn workflow() -> Workflow {
         next: None,
         on_error: None,
         agent: None,
+        compensate_with: None,
+        retry: None,
     };
     Workflow {
         id: "WF01".into(),
@@ -268,6 +291,37 @@ async fn duplicate_trigger_makes_no_second_effect(db: TestDatabase) {
 }
 both!(inv05_duplicate_trigger_makes_no_second_effect, duplicate_trigger_makes_no_second_effect);
 
+/// Run `wf` for `order` until crash point `k`, drop it there (the crash),
+/// then resume it from the store to its end.
+async fn crash_then_resume(
+    store: &Store,
+    wf: &Workflow,
+    run_id: &str,
+    order: &str,
+    k: usize,
+    path: &std::path::Path,
+) -> (Arc<Provider>, autobiz_kernel::engine::RunReport, Executor) {
+    let provider = Arc::new(Provider::default());
+    let crash = Arc::new(Crash::default());
+    *crash.at.lock().unwrap() = Some(k);
+    {
+        let exec = executor(store, &provider, &crash);
+        let s = spec(wf, run_id, order);
+        let mut w = TranscriptWriter::create(path).unwrap();
+        let engine = engine(&exec, store);
+        tokio::select! {
+            r = engine.run(&s, &mut w) => panic!("crash point {k} was not reached: {r:?}"),
+            () = crash.hit.notified() => {}
+        }
+        // Dropping the future here is the crash.
+    }
+    let exec = executor(store, &provider, &Arc::new(Crash::default()));
+    let s = spec(wf, run_id, order);
+    let (mut w, history) = TranscriptWriter::resume(path).unwrap();
+    let report = engine(&exec, store).resume(&s, &history, &mut w).await.unwrap();
+    (provider, report, exec)
+}
+
 /// Crash at every hook of the run, resume, and check: the run completes,
 /// the provider made each effect once, the store holds one receipt per
 /// effect, and the transcript (crash included) replays.
@@ -288,25 +342,7 @@ async fn crash_at_every_point_then_resume(db: TestDatabase) {
         let run_id = format!("run-k{k}");
         let order = format!("o{k}");
         let path = dir.path().join(format!("{run_id}.jsonl"));
-        let provider = Arc::new(Provider::default());
-        let crash = Arc::new(Crash::default());
-        *crash.at.lock().unwrap() = Some(k);
-        {
-            let exec = executor(&store, &provider, &crash);
-            let s = spec(&wf, &run_id, &order);
-            let mut w = TranscriptWriter::create(&path).unwrap();
-            let engine = engine(&exec, &store);
-            tokio::select! {
-                r = engine.run(&s, &mut w) => panic!("crash point {k} was not reached: {r:?}"),
-                () = crash.hit.notified() => {}
-            }
-            // Dropping the future here is the crash.
-        }
-        let exec = executor(&store, &provider, &Arc::new(Crash::default()));
-        let s = spec(&wf, &run_id, &order);
-        let (mut w, history) = TranscriptWriter::resume(&path).unwrap();
-        let report = engine(&exec, &store).resume(&s, &history, &mut w).await.unwrap();
-        drop(w);
+        let (provider, report, exec) = crash_then_resume(&store, &wf, &run_id, &order, k, &path).await;
         assert_eq!(report.status, RunStatus::Completed, "crash point {k}");
         assert_eq!(provider.effects.lock().unwrap().len(), 3, "crash point {k}: an effect was duplicated or lost");
         let receipts = store.receipts(&ctx(), &run_id).await.unwrap();
@@ -319,3 +355,58 @@ async fn crash_at_every_point_then_resume(db: TestDatabase) {
     }
 }
 both!(p1_t12_crash_at_every_point_then_resume, crash_at_every_point_then_resume);
+
+/// capture (compensated by refund) -> a shipment that always fails.
+fn compensating_workflow() -> Workflow {
+    let mut wf = workflow();
+    wf.steps[1].compensate_with = Some("refund".into());
+    wf.steps[2].tool = "ship.broken".into();
+    wf.steps[3].next = Some("end".into());
+    let mut refund = wf.steps[1].clone();
+    refund.id = "refund".into();
+    refund.tool = "pay.refund".into();
+    refund.compensate_with = None;
+    refund.next = Some("end".into());
+    refund.input = json!({"payment": "$.capture.id", "order_id": "$.event.order_id", "amount": "$.capture.amount", "currency": "usd"});
+    wf.steps.push(refund);
+    wf
+}
+
+/// Crash at every point of a run that compensates, resume: the refund is
+/// made exactly once with its receipt, the run ends FAILED with the
+/// shipment's failure, and the transcript replays.
+async fn crash_while_compensating_then_resume(db: TestDatabase) {
+    let store = store(&db).await;
+    let wf = compensating_workflow();
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = {
+        let (provider, crash) = (Arc::new(Provider::default()), Arc::new(Crash::default()));
+        let exec = executor(&store, &provider, &crash);
+        let report =
+            engine(&exec, &store).run(&spec(&wf, "count", "count"), &mut TranscriptWriter::memory()).await.unwrap();
+        assert_eq!((report.status, report.path.last().map(String::as_str)), (RunStatus::Failed, Some("refund")));
+        crash.passed.load(Ordering::SeqCst)
+    };
+    for k in 1..=hooks {
+        let run_id = format!("comp-k{k}");
+        let order = format!("c{k}");
+        let path = dir.path().join(format!("{run_id}.jsonl"));
+        let (provider, report, exec) = crash_then_resume(&store, &wf, &run_id, &order, k, &path).await;
+        assert_eq!(
+            (report.status, report.termination),
+            (RunStatus::Failed, Some(autobiz_kernel::bounds::Termination::ToolFailed)),
+            "crash point {k}"
+        );
+        let effects = provider.effects.lock().unwrap().clone();
+        assert_eq!(effects.len(), 2, "crash point {k}: capture and refund once each: {effects:?}");
+        let receipts = store.receipts(&ctx(), &run_id).await.unwrap();
+        let tools: Vec<&str> = receipts.iter().map(|r| r.tool.as_str()).collect();
+        assert_eq!(tools, ["pay.capture", "pay.refund"], "crash point {k}");
+        let t = Transcript::read(&path).unwrap();
+        match replay(&t, &wf, exec.registry(), CONFIG).unwrap() {
+            ReplayOutcome::Identical(r) => assert_eq!(r.state_sha256, report.state_sha256, "crash point {k}"),
+            ReplayOutcome::Diverged(d) => panic!("crash point {k}: {d:?}"),
+        }
+    }
+}
+both!(p1_t27_crash_while_compensating_then_resume, crash_while_compensating_then_resume);

@@ -123,7 +123,17 @@ fn shop_with(capture_fails: bool, approvals: Option<Arc<Approver>>) -> Shop {
 }
 
 fn step(id: &str, tool: &str, input: Value) -> Step {
-    Step { id: id.into(), tool: tool.into(), version: "1".into(), input, next: None, on_error: None, agent: None }
+    Step {
+        id: id.into(),
+        tool: tool.into(),
+        version: "1".into(),
+        input,
+        next: None,
+        on_error: None,
+        agent: None,
+        compensate_with: None,
+        retry: None,
+    }
 }
 
 fn fulfil() -> Workflow {

@@ -151,6 +151,7 @@ fn executor(assembly: Assembly, store: &Store) -> Result<Executor, CliError> {
     if let Some(providers) = providers(store)? {
         providers::bind_all(&mut exec, Arc::new(providers))?;
     }
+    autobiz_kernel::closeout::bind(&mut exec, store.clone())?;
     let breakers = Breakers::new(store.clone(), BreakerPolicy::default(), clock)?;
     Ok(exec.with_durability(Durability { store: store.clone(), window: DEFAULT_WINDOW }).with_breakers(breakers))
 }

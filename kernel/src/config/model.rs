@@ -256,6 +256,13 @@ pub struct StepDecl {
     /// up first), or a tool reference resolving to exactly one tool (CC-01).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate_with: Option<String>,
+    /// The input of a `compensate_with` that names a tool (a template like
+    /// `input`); a step named there has its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate_input: Option<Map<String, Value>>,
+    /// Attempts in all when the step fails, `on_error` after the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<u64>,
 }
 
 /// A step's `agent = { model, prompt, tools, max_turns }`: the model (with

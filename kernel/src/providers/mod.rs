@@ -50,7 +50,7 @@ pub const PRINTFUL_SECRET: &str = "PRINTFUL_API_TOKEN";
 pub const SENDGRID_SECRET: &str = "SENDGRID_API_KEY";
 
 /// Every provider tool this module implements (all at version `1`).
-pub const TOOLS: [&str; 13] = [
+pub const TOOLS: [&str; 14] = [
     "shopify.order.get",
     "shopify.order.update",
     "shopify.order.cancel",
@@ -59,6 +59,7 @@ pub const TOOLS: [&str; 13] = [
     "stripe.payment_intent.cancel",
     "stripe.refund.create",
     "stripe.tax.calculate",
+    "stripe.payment_intent.list",
     "printful.order.create",
     "printful.order.confirm",
     "printful.order.cancel",
@@ -626,6 +627,7 @@ impl Providers {
             "stripe.payment_intent.cancel" => stripe::cancel(self, call, input).await?,
             "stripe.refund.create" => stripe::refund(self, call, input).await?,
             "stripe.tax.calculate" => stripe::tax(self, call, input).await?,
+            "stripe.payment_intent.list" => stripe::list(self, call, input).await?,
             "shopify.order.get" => shopify::get(self, call, input).await?,
             "shopify.order.update" => shopify::update(self, call, input).await?,
             "shopify.order.cancel" => shopify::cancel(self, call, input).await?,

@@ -94,7 +94,8 @@ fn interpret(what: &str, raw: &Raw) -> std::result::Result<Value, Failure> {
     if let Some(f) = raw.common_failure(what, "") {
         return Err(f);
     }
-    if !(200..300).contains(&raw.status) || body.get("id").and_then(Value::as_str).is_none() {
+    let is_list = body.get("object").and_then(Value::as_str) == Some("list");
+    if !(200..300).contains(&raw.status) || (body.get("id").and_then(Value::as_str).is_none() && !is_list) {
         return Err(Failure::bad_response(what, raw));
     }
     let mut v = with_request_id(body, raw);
@@ -189,6 +190,27 @@ pub(super) async fn refund(p: &Providers, call: &CallContext, input: &Value) -> 
         ));
     }
     Ok((v, attempts))
+}
+
+/// `stripe.payment_intent.list`: `GET /v1/payment_intents` (what daily
+/// reconciliation compares the receipts with). A read: retried freely. The
+/// answer is Stripe's list object, `data` the PaymentIntents.
+pub(super) async fn list(p: &Providers, call: &CallContext, _input: &Value) -> Result<(Value, u64)> {
+    let what = "stripe.payment_intent.list";
+    let req = Request {
+        provider: PROVIDER,
+        what,
+        method: reqwest::Method::GET,
+        url: endpoint(&p.endpoints.stripe, "/v1/payment_intents?limit=100")?,
+        headers: Vec::new(),
+        body: Body::None,
+        retry: RetryRule::Always,
+    };
+    p.send(call, super::STRIPE_SECRET, Auth::Bearer, req, |raw| {
+        let v = interpret(what, raw)?;
+        if v.get("data").is_some_and(Value::is_array) { Ok(v) } else { Err(Failure::bad_response(what, raw)) }
+    })
+    .await
 }
 
 /// `stripe.tax.calculate`: `POST /v1/tax/calculations` for line items

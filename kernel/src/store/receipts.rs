@@ -7,6 +7,7 @@
 //! transaction.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 use super::records::insert_audit;
 use super::{Store, TenantTx, errors, on_tx};
@@ -151,6 +152,22 @@ impl Store {
     /// written: what reconciliation compares with the provider's records.
     pub async fn receipts_for_tool(&self, ctx: &TenantContext, tool: &str) -> Result<Vec<Receipt>> {
         self.select_receipts(ctx, "tool", tool).await
+    }
+
+    /// The result stored with a receipt's effect (the provider's answer),
+    /// `None` when its key holds none.
+    pub async fn receipt_result(&self, ctx: &TenantContext, receipt: &Receipt) -> Result<Option<Value>> {
+        let mut tx = self.begin(ctx).await?;
+        let row: Option<(Option<sqlx::types::Json<Value>>,)> = on_tx!(tx, c => sqlx::query_as(
+            "SELECT response FROM idempotency_keys WHERE tenant_id = $1 AND internal_key = $2",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(&receipt.internal_key)
+        .fetch_optional(&mut *c)
+        .await)
+        .map_err(|e| errors::map(e, "read a receipt's result"))?;
+        tx.commit().await?;
+        Ok(row.and_then(|(r,)| r.map(|j| j.0)))
     }
 
     async fn select_receipts(&self, ctx: &TenantContext, column: &'static str, value: &str) -> Result<Vec<Receipt>> {
