@@ -125,32 +125,111 @@ impl IdempotencyKey {
 /// SHA-256 (hex) of the JCS form of a request: two requests under one key
 /// must have the same fingerprint, or the key was reused for something else.
 pub fn request_fingerprint(request: &Value) -> Result<String> {
-    // Canonical bytes go straight into the hash, never into a string.
-    let mut hasher = Sha256::new();
-    serde_json_canonicalizer::to_writer(request, &mut hasher)
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(sha256_hex(canonical(request)?.as_bytes()))
 }
 
 /// RFC 8785 canonical JSON text of `value`.
+///
+/// The common case is written directly: objects with their members sorted
+/// by UTF-16 code units, strings with the escapes RFC 8785 3.2.2.2 names
+/// (those of serde_json, which escapes exactly the same characters), and
+/// integers of magnitude up to 2^53 as their digits (RFC 8785 3.2.2.3: the
+/// ECMAScript form of such a number). Every other number is written by
+/// `serde_json_canonicalizer`, the reference: a property test holds the two
+/// byte-equal over generated values, and the RFC's examples run through
+/// this function.
 pub fn canonical(value: &Value) -> Result<String> {
-    serde_json_canonicalizer::to_string(value)
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))
+    let mut out = String::with_capacity(128);
+    write_canonical(value, &mut out)?;
+    Ok(out)
 }
 
-/// RFC 8785 text of one string. A string of printable ASCII without `"` or
-/// `\\` is its own canonical text in quotes (RFC 8785 3.2.2.2 escapes
-/// nothing else in that range); anything else goes to the crate.
-fn canonical_str(s: &str) -> Result<String> {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-        let mut out = String::with_capacity(s.len() + 2);
+fn write_canonical(value: &Value, out: &mut String) -> Result<()> {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            const SAFE: u64 = 1 << 53;
+            match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) if u <= SAFE => out.push_str(itoa_u64(u, &mut [0u8; 20])),
+                (None, Some(i)) if i.unsigned_abs() <= SAFE => {
+                    out.push('-');
+                    out.push_str(itoa_u64(i.unsigned_abs(), &mut [0u8; 20]));
+                }
+                _ => out.push_str(&crate_canonical(n)?),
+            }
+        }
+        Value::String(s) => write_str(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            // serde_json's map is sorted by UTF-8 bytes, which is UTF-16
+            // order unless a key holds characters above U+FFFF: sort then.
+            if members.iter().any(|(k, _)| k.chars().any(|c| c as u32 > 0xFFFF)) {
+                members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            } else if !members.windows(2).all(|w| w[0].0 < w[1].0) {
+                members.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            out.push('{');
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_str(k, out);
+                out.push(':');
+                write_canonical(v, out)?;
+            }
+            out.push('}');
+        }
+    }
+    Ok(())
+}
+
+/// A JSON string as RFC 8785 writes it.
+fn write_str(s: &str, out: &mut String) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');
         out.push_str(s);
         out.push('"');
-        return Ok(out);
+    } else {
+        // serde_json escapes exactly RFC 8785's set, lowercase hex.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
     }
-    serde_json_canonicalizer::to_string(&s)
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+/// A number as the reference crate writes it (floats, large integers).
+fn crate_canonical(n: &serde_json::Number) -> Result<String> {
+    serde_json_canonicalizer::to_string(n)
         .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))
+}
+
+/// RFC 8785 text of one string.
+fn canonical_str(s: &str) -> Result<String> {
+    let mut out = String::with_capacity(s.len() + 2);
+    write_str(s, &mut out);
+    Ok(out)
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -273,6 +352,64 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{ "currency":"usd", "amount":1.0e3 }"#).unwrap();
         assert_eq!(a, key(&b));
         assert_ne!(a, key(&json!({"amount": 1001, "currency": "usd"})));
+    }
+
+    /// Values with every shape the fast path takes and the ones it hands to
+    /// the crate: floats, large integers, escapes, non-BMP keys.
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            (-(1i64 << 54)..(1i64 << 54)).prop_map(|n| json!(n)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            "[a-z\\\\\"\\u{0}-\\u{1f}\\u{7f}\\u{e9}\\u{2028}\\u{ffff}\\u{10000}\\u{1f600}]{0,6}"
+                .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-zA-Z\\u{e9}\\u{ffff}\\u{10000}\\u{1f600}_]{0,4}", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        #[test]
+        fn inv05_canonical_is_byte_equal_to_the_reference_crate(v in arb_value()) {
+            proptest::prop_assert_eq!(canonical(&v).unwrap(), serde_json_canonicalizer::to_string(&v).unwrap());
+        }
+    }
+
+    #[test]
+    fn inv05_canonical_matches_rfc_8785_published_examples() {
+        // RFC 8785 3.2.2.3 (numbers) and 3.2.3 (sorting).
+        let numbers: Value = serde_json::from_str(
+            "[333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001, 9007199254740992, -0.0, 1e21, 1e-7]",
+        )
+        .unwrap();
+        assert_eq!(
+            canonical(&numbers).unwrap(),
+            "[333333333.3333333,1e+30,4.5,0.002,1e-27,9007199254740992,0,1e+21,1e-7]"
+        );
+        let sorting: Value =
+            serde_json::from_str(r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#).unwrap();
+        let keys: Vec<String> = {
+            let text = canonical(&sorting).unwrap();
+            let back: Vec<(String, Value)> = text[1..text.len() - 1]
+                .split(",\"")
+                .map(|kv| serde_json::from_str::<Value>(&format!("{{\"{}}}", kv.trim_start_matches('"'))).unwrap())
+                .flat_map(|o| o.as_object().unwrap().clone().into_iter().collect::<Vec<_>>())
+                .collect();
+            back.into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(keys, ["\r", "1", "\u{80}", "\u{f6}", "\u{20ac}", "\u{1f600}", "\u{fb33}"]);
+        let text = canonical(&json!({"a": "\u{7f}\u{1f}\"\\\n"})).unwrap();
+        assert_eq!(text, "{\"a\":\"\u{7f}\\u001f\\\"\\\\\\n\"}");
     }
 
     #[test]
