@@ -378,13 +378,7 @@ impl RunState {
 
     /// SHA-256 (hex) of the state's RFC 8785 canonical form.
     pub fn hash(&self) -> Result<String> {
-        // Canonicalized straight from the struct into the hash: the same
-        // bytes as from `to_value()`, without copying every output first.
-        use sha2::Digest;
-        let mut hasher = sha2::Sha256::new();
-        serde_json_canonicalizer::to_writer(self, &mut hasher)
-            .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize the run state: {e}")))?;
-        Ok(hex::encode(hasher.finalize()))
+        canonical_sha256(&self.to_value())
     }
 }
 
