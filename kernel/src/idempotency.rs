@@ -55,37 +55,18 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// Derive the key of a tool call: SHA-256 over the JCS form of its parts.
+    /// Derive the key of a tool call: SHA-256 over the JCS form of its parts
+    /// (canonicalized by the maintained crate, never by hand).
     pub fn derive(parts: &KeyParts<'_>) -> Result<IdempotencyKey> {
-        Self::derive_with_canonical_input(parts, &canonical(parts.input)?)
-    }
-
-    /// [`IdempotencyKey::derive`] given `canonical_input`, the RFC 8785 text
-    /// of `parts.input` (which is not read), so a caller that also hashes the
-    /// request canonicalizes it once. The JCS form of the key's object is
-    /// composed from its members: keys in RFC 8785 order, each value in its
-    /// own canonical form, which is exactly what canonicalizing the whole
-    /// object gives (a test holds the two equal).
-    pub fn derive_with_canonical_input(parts: &KeyParts<'_>, canonical_input: &str) -> Result<IdempotencyKey> {
-        // Sorted by UTF-16 code units, as RFC 8785 sorts keys.
-        let members = [
-            ("step", parts.step),
-            ("tenant", parts.tenant.as_str()),
-            ("tool", parts.tool),
-            ("tool_version", parts.tool_version),
-            ("workflow", parts.workflow),
-        ];
-        let mut doc = String::with_capacity(canonical_input.len() + 160);
-        doc.push_str("{\"input\":");
-        doc.push_str(canonical_input);
-        for (name, value) in members {
-            doc.push_str(",\"");
-            doc.push_str(name);
-            doc.push_str("\":");
-            doc.push_str(&canonical_str(value)?);
-        }
-        doc.push('}');
-        Ok(Self::from_internal(parts.tenant.clone(), sha256_hex(doc.as_bytes())))
+        let doc = serde_json::json!({
+            "tenant": parts.tenant.as_str(),
+            "workflow": parts.workflow,
+            "step": parts.step,
+            "tool": parts.tool,
+            "tool_version": parts.tool_version,
+            "input": parts.input,
+        });
+        Ok(Self::from_internal(parts.tenant.clone(), sha256_hex(canonical(&doc)?.as_bytes())))
     }
 
     /// A key a caller supplied (an `Idempotency-Key` header, a webhook's event
@@ -135,21 +116,6 @@ pub fn request_fingerprint(request: &Value) -> Result<String> {
 /// RFC 8785 canonical JSON text of `value`.
 pub fn canonical(value: &Value) -> Result<String> {
     serde_json_canonicalizer::to_string(value)
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))
-}
-
-/// RFC 8785 text of one string. A string of printable ASCII without `"` or
-/// `\\` is its own canonical text in quotes (RFC 8785 3.2.2.2 escapes
-/// nothing else in that range); anything else goes to the crate.
-fn canonical_str(s: &str) -> Result<String> {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-        let mut out = String::with_capacity(s.len() + 2);
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-        return Ok(out);
-    }
-    serde_json_canonicalizer::to_string(&s)
         .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))
 }
 

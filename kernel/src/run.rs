@@ -522,8 +522,7 @@ pub fn idempotency_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) 
     Ok(step_key(tenant, workflow, call)?.key)
 }
 
-/// A side-effect call's idempotency key and the hash of its request, from
-/// one RFC 8785 canonicalization of the input.
+/// A side-effect call's idempotency key and the hash of its request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepKey {
     pub key: IdempotencyKey,
@@ -533,7 +532,6 @@ pub struct StepKey {
 
 /// [`StepKey`] of `call`.
 pub fn step_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Result<StepKey> {
-    let input = crate::idempotency::canonical(&call.input)?;
     let parts = KeyParts {
         tenant,
         workflow: &workflow.id,
@@ -543,8 +541,8 @@ pub fn step_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Resu
         input: &call.input,
     };
     Ok(StepKey {
-        key: IdempotencyKey::derive_with_canonical_input(&parts, &input)?,
-        request_sha256: crate::idempotency::sha256_hex(input.as_bytes()),
+        key: IdempotencyKey::derive(&parts)?,
+        request_sha256: crate::idempotency::request_fingerprint(&call.input)?,
     })
 }
 
