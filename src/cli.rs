@@ -105,7 +105,7 @@ pub enum Command {
     /// Requirement -> test -> latest result, with coverage figures.
     TraceMatrix(TraceMatrixArgs),
     /// Long-running traffic over all workflows with rolling gates.
-    Soak(PendingArgs),
+    Soak(SoakArgs),
     /// Report the phase entry and exit criteria from the latest evidence.
     ExitCriteria(ExitCriteriaArgs),
     /// Webhook ingress, approval API, /healthz, /readyz and /metrics.
@@ -181,6 +181,13 @@ pub struct RunArgs {
     /// Continue a stored run from its last committed step.
     #[arg(long, value_name = "RUN_ID")]
     pub resume: Option<String>,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// Where agent steps' model calls go (`autobiz run`, `autobiz serve`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct LlmArgs {
     /// The chat-completions endpoint of agent steps (base URL, e.g.
     /// http://127.0.0.1:PORT/v1 of the fake). Its key: AUTOBIZ_LLM_API_KEY.
     #[arg(long, value_name = "URL", env = "AUTOBIZ_LLM_URL")]
@@ -193,6 +200,96 @@ pub struct RunArgs {
     /// replay by default).
     #[arg(long, value_name = "FILE", env = "AUTOBIZ_CASSETTE")]
     pub cassette: Option<PathBuf>,
+}
+
+/// `autobiz soak`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+A soak drives all seven workflows of --config through the real ingress: the
+router and event worker of `autobiz serve` on a loopback port, the provider
+fakes and the LLM fake, in this process, over the store (SQLite in the soak's
+directory unless --database-url). Each delivery is seeded in the fakes,
+signed with the tenant's webhook secret and POSTed as the provider sends it;
+approvals go through the approval API, or are left to time out when the plan
+says so. The plan (seeded): every workflow every day, WF07 once a day, 3 %
+provider 5xx, 3 % 429, 2 % timeouts, 5 % duplicate and 3 % out-of-order
+deliveries, 10 % of approvals left to time out.
+
+--clock virtual (the default) moves an injected clock to each delivery's
+planned time, so seven days take minutes; --clock wall waits for it (a
+production soak; an approval left to time out then holds the soak for the
+rule's timeout).
+
+A rolling Wilson gate judges the last --window outcomes once --warmup have
+run; invariant monitors check after every --check-every deliveries: no
+duplicate side effect, no cross-tenant access, no untraced run, no secret or
+planted card number in a trace, no financial step without approval.
+--inject-violation NAME commits one of them for real (a drill).
+
+The soak checkpoints each delivery in DIR/progress.jsonl; after a kill,
+`autobiz soak --resume DIR` continues where it stopped without counting any
+delivery twice. It ends with evidence in DIR: soak.dsse.json signed with the
+key in AUTOBIZ_EVIDENCE_KEY (as the gate's), or soak.statement.json with
+--unsigned; `autobiz exit-criteria` reads the newest.
+
+Exit codes: 0 the soak passed; 1 it failed (the lower bound fell under the
+threshold, an invariant was violated, a workflow was not exercised); 2 bad
+arguments or a checkpoint of other parameters; 3 the store, the fakes or the
+server failed.")]
+pub struct SoakArgs {
+    /// Days of traffic.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub days: u32,
+    /// Deliveries per day (at least one per workflow).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub events_per_day: u32,
+    /// How time passes.
+    #[arg(long, value_enum, default_value = "virtual")]
+    pub clock: crate::soak::ClockMode,
+    /// The plan's seed (same seed, same deliveries).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The soak's directory (default .autobiz/soak/<UTC time>).
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub dir: Option<PathBuf>,
+    /// Continue the soak a kill interrupted, from its checkpoint in DIR (its
+    /// recorded parameters are used).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// The rolling gate's threshold for the Wilson lower bound.
+    #[arg(long, default_value_t = 0.95)]
+    pub threshold: f64,
+    /// The Wilson bound's confidence.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// The rolling gate's window (outcomes).
+    #[arg(long, default_value_t = 300)]
+    pub window: usize,
+    /// Outcomes before the gate judges.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Run the invariant monitors after every N deliveries (and at the end).
+    #[arg(long, default_value_t = 25)]
+    pub check_every: u64,
+    /// Commit this invariant violation for real (a drill the soak must fail):
+    /// duplicate_side_effect, cross_tenant_access, untraced_run,
+    /// secret_in_trace or unapproved_financial_step.
+    #[arg(long, value_name = "INVARIANT", value_parser = parse_invariant)]
+    pub inject_violation: Option<crate::soak::Invariant>,
+    /// The delivery after which the injected violation is committed
+    /// (default: the middle of the plan).
+    #[arg(long, value_name = "SEQ", requires = "inject_violation")]
+    pub inject_at: Option<u64>,
+    /// Write an unsigned statement when AUTOBIZ_EVIDENCE_KEY is not set.
+    #[arg(long)]
+    pub unsigned: bool,
+}
+
+fn parse_invariant(s: &str) -> Result<crate::soak::Invariant, String> {
+    crate::soak::Invariant::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = crate::soak::Invariant::ALL.iter().map(|i| i.as_str()).collect();
+        format!("not an invariant: {s:?} (one of {})", names.join(", "))
+    })
 }
 
 /// `autobiz replay`.
@@ -461,6 +558,9 @@ pub struct ServeArgs {
     /// Encrypted secrets file holding the webhook secrets and approver tokens.
     #[arg(long, env = "AUTOBIZ_SECRETS_FILE", default_value = ".autobiz/secrets.json")]
     pub secrets_file: PathBuf,
+    /// The model endpoint of the workflows' agent steps (WF05).
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -90,6 +90,13 @@ impl RunStatus {
         matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Aborted)
     }
 
+    /// The status a run index row names (`RUNNING`, ...).
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        [RunStatus::Running, RunStatus::WaitingApproval, RunStatus::Completed, RunStatus::Failed, RunStatus::Aborted]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "RUNNING",

@@ -217,6 +217,21 @@ impl Store {
         Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
     }
 
+    /// The run ids that have a trace in `ctx`'s tenant (the soak's monitor
+    /// looks for traces without a run).
+    pub async fn trace_run_ids(&self, ctx: &TenantContext) -> Result<Vec<String>> {
+        let mut tx = self.begin(ctx).await?;
+        let rows: Vec<(String,)> = crate::store::on_tx!(tx, c => sqlx::query_as(
+            "SELECT DISTINCT run_id FROM traces WHERE tenant_id = $1",
+        )
+        .bind(ctx.tenant().as_str())
+        .fetch_all(&mut *c)
+        .await)
+        .map_err(|e| crate::store::map_error(e, "read trace run ids"))?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
     /// The trace of `run_id` in `ctx`'s tenant, in order. Empty when the run
     /// is unknown to this tenant (another tenant's run looks the same).
     pub async fn trace(&self, ctx: &TenantContext, run_id: &str) -> Result<Vec<TraceRecord>> {

@@ -35,19 +35,24 @@ pub fn newest(root: &std::path::Path, files: &[&str]) -> Option<PathBuf> {
     dirs.into_iter().rev().find_map(|d| files.iter().map(|f| d.join(f)).find(|p| p.is_file()))
 }
 
+/// The key in `AUTOBIZ_EVIDENCE_KEY` that signs evidence; `None` with
+/// `--unsigned`; `EVIDENCE_KEY_REQUIRED` (exit 2) otherwise. Read before
+/// any test or traffic runs, so a missing key costs nothing.
+pub fn signing_key(unsigned: bool) -> Result<Option<ed25519_dalek::SigningKey>, CliError> {
+    match std::env::var_os(KEY_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => Ok(Some(evidence::load_signing_key(&PathBuf::from(path))?)),
+        None if unsigned => Ok(None),
+        None => Err(CliError::input(
+            "EVIDENCE_KEY_REQUIRED",
+            format!(
+                "set {KEY_ENV} to the private key file (from `autobiz keys generate`) that signs the evidence, or pass --unsigned"
+            ),
+        )),
+    }
+}
+
 pub async fn run(global: &GlobalArgs, args: GateArgs, reporter: &Reporter) -> Result<ExitCode, CliError> {
-    let key = match std::env::var_os(KEY_ENV).filter(|v| !v.is_empty()) {
-        Some(path) => Some(evidence::load_signing_key(&PathBuf::from(path))?),
-        None if args.unsigned => None,
-        None => {
-            return Err(CliError::input(
-                "EVIDENCE_KEY_REQUIRED",
-                format!(
-                    "set {KEY_ENV} to the private key file (from `autobiz keys generate`) that signs the evidence, or pass --unsigned"
-                ),
-            ));
-        }
-    };
+    let key = signing_key(args.unsigned)?;
     if args.runs == 0 {
         return Err(CliError::input("GATE_BAD_RUNS", "--runs must be at least 1"));
     }

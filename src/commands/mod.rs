@@ -13,9 +13,10 @@ mod keys;
 mod quarantine;
 mod reconcile;
 mod replay;
-mod run;
+pub(crate) mod run;
 mod secrets;
 mod serve;
+mod soak;
 mod suite;
 mod trace;
 mod trace_matrix;
@@ -43,7 +44,7 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Deploy(args) => deploy::run(global, args, reporter),
         Command::Quarantine(cmd) => quarantine::run(cmd, reporter),
         Command::TraceMatrix(args) => trace_matrix::run(args, reporter).await,
-        Command::Soak(_) => not_yet("soak", "the soak harness"),
+        Command::Soak(args) => soak::run(global, args, reporter).await,
         Command::ExitCriteria(args) => exit_criteria::run(global, args, reporter),
         Command::Serve(args) => serve::run(global, args, reporter).await,
         Command::Fakes(cmd) => fakes::run(cmd, reporter).await,

@@ -28,7 +28,7 @@ use autobiz_kernel::workflow::Workflow;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::cli::{GlobalArgs, RunArgs};
+use crate::cli::{GlobalArgs, LlmArgs, RunArgs};
 use crate::report::{CliError, Reporter, exit, table};
 
 pub async fn run(global: &GlobalArgs, args: RunArgs, reporter: &Reporter) -> Result<ExitCode, CliError> {
@@ -109,7 +109,7 @@ async fn drive(
     // The run acts as the workflow's principal (CC-03), for the CLI's tenant.
     let ctx = TenantContext::new(cli_ctx.tenant().clone(), Principal::new(&wf.principal), CorrelationId::random());
     let config_hash = assembly.config_hash.clone();
-    let llm = llm_client(args, &wf.workflow, store)?;
+    let llm = llm_client(&args.llm, &wf.workflow, store)?;
     // A new run records the client's pin; a resumed one keeps what it recorded.
     let pins = match (pins, &llm) {
         (Value::Null, Some(llm)) => llm.pin().as_pins(),
@@ -198,8 +198,10 @@ pub(super) fn providers(store: &Store) -> Result<Option<Providers>, CliError> {
 /// / `AUTOBIZ_CASSETTE` (mode `AUTOBIZ_CASSETTE_MODE`). None for a workflow
 /// without agent steps, or without an endpoint (its agent steps then fail
 /// with `AGENT_LLM_MISSING`). Always the sandbox profile.
-fn llm_client(args: &RunArgs, workflow: &Workflow, store: &Store) -> Result<Option<LlmClient>, CliError> {
-    let Some(agent) = workflow.steps.iter().find_map(|s| s.agent.as_ref()) else { return Ok(None) };
+pub(crate) fn llm_client(args: &LlmArgs, workflow: &Workflow, store: &Store) -> Result<Option<LlmClient>, CliError> {
+    if !workflow.steps.iter().any(|s| s.agent.is_some()) {
+        return Ok(None);
+    }
     let Some(url) = args.llm_url.as_deref() else {
         if args.cassette.is_some() {
             return Err(CliError::input(
@@ -217,6 +219,19 @@ fn llm_client(args: &RunArgs, workflow: &Workflow, store: &Store) -> Result<Opti
         None => None,
     };
     let cassette = args.cassette.as_ref().map(Cassette::from_env).transpose()?;
+    agent_llm(workflow, primary, fallback, cassette, store)
+}
+
+/// The sandboxed model client of `workflow`'s first agent step (model and
+/// prompt pinned), or `None` for a workflow without agent steps.
+pub(crate) fn agent_llm(
+    workflow: &Workflow,
+    primary: Endpoint,
+    fallback: Option<Endpoint>,
+    cassette: Option<Cassette>,
+    store: &Store,
+) -> Result<Option<LlmClient>, CliError> {
+    let Some(agent) = workflow.steps.iter().find_map(|s| s.agent.as_ref()) else { return Ok(None) };
     let config = LlmConfig {
         model: agent.model.clone(),
         template: agent.prompt.clone(),

@@ -81,6 +81,12 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs, reporter: &Reporter) -> R
         }
         let exec =
             exec.with_durability(Durability { store: store.clone(), window: DEFAULT_WINDOW }).with_breakers(breakers);
+        let mut llm = std::collections::BTreeMap::new();
+        for (id, wf) in &workflows {
+            if let Some(client) = super::run::llm_client(&args.llm, &wf.workflow, &store)? {
+                llm.insert(id.clone(), client);
+            }
+        }
         let worker = Worker {
             id: format!("serve-{}-{}", std::process::id(), &CorrelationId::random().as_str()[..8]),
             exec,
@@ -90,6 +96,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs, reporter: &Reporter) -> R
             transcripts: args.transcripts.clone(),
             poll: Duration::from_millis(250),
             lease: Duration::from_secs(60),
+            llm,
         };
         Some(tokio::spawn(worker.run(app.clone(), stop_rx)))
     };

@@ -22,8 +22,11 @@ use autobiz_kernel::assembly::RunnableWorkflow;
 use autobiz_kernel::engine::{Engine, RunSpec};
 use autobiz_kernel::executor::Executor;
 use autobiz_kernel::hitl::gate::StoreApprovals;
+use autobiz_kernel::ingress::fields::business_fields;
 use autobiz_kernel::ingress::{StorePrecondition, StoredEvent};
-use autobiz_kernel::store::EventFinish;
+use autobiz_kernel::llm::LlmClient;
+use autobiz_kernel::run::RunStatus;
+use autobiz_kernel::store::{EventFinish, RunRecord};
 use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
 use autobiz_kernel::transcript::TranscriptWriter;
 use autobiz_kernel::{ErrorCode, Result};
@@ -43,11 +46,19 @@ pub struct Worker {
     pub transcripts: PathBuf,
     pub poll: Duration,
     pub lease: Duration,
+    /// The model client of each workflow with agent steps (none: those
+    /// steps fail with `AGENT_LLM_MISSING`).
+    pub llm: BTreeMap<String, LlmClient>,
 }
 
 /// The run id of the run an event starts.
 pub fn run_id_for(event: &StoredEvent) -> String {
-    let digest = Sha256::digest(format!("{}\0{}", event.source, event.provider_event_id).as_bytes());
+    run_id_for_ids(&event.source, &event.provider_event_id)
+}
+
+/// The run id of the run the event `(source, provider event id)` starts.
+pub fn run_id_for_ids(source: &str, provider_event_id: &str) -> String {
+    let digest = Sha256::digest(format!("{source}\0{provider_event_id}").as_bytes());
     format!("evt-{}", &hex::encode(digest)[..24])
 }
 
@@ -64,6 +75,13 @@ pub fn workflow_event(event: &StoredEvent) -> Value {
     });
     if let Some((kind, id)) = event.entity_id.as_deref().and_then(|e| e.split_once(':')) {
         v[format!("{kind}_id")] = Value::String(id.to_owned());
+    }
+    // The provider's business fields (the shop's order id, the amount in
+    // minor units, ...) win over the entity's id, never over the event's own.
+    for (k, field) in business_fields(&event.source, &event.event_type, &event.payload) {
+        if !matches!(k.as_str(), "source" | "type" | "event_id" | "entity_id" | "timeout_released" | "payload") {
+            v[k] = field;
+        }
     }
     v
 }
@@ -107,8 +125,92 @@ impl Worker {
                 self.process(app, &ctx, &event).await?;
                 done += 1;
             }
+            done += self.resume_decided(app, &ctx).await?;
         }
         Ok(done)
+    }
+
+    /// Resume the runs of `ctx`'s tenant that wait for an approval that is
+    /// decided by now (approve, deny) or past its deadline (the engine's
+    /// gate applies the timeout policy). A run is resumed by the one worker
+    /// whose claim moves it from WAITING_APPROVAL to RUNNING.
+    pub async fn resume_decided(&self, app: &App, ctx: &TenantContext) -> Result<usize> {
+        let now = app.store.now();
+        let mut resumed = 0;
+        for record in app.store.run_records(ctx, true, 200).await? {
+            if record.status != RunStatus::WaitingApproval.as_str() {
+                continue;
+            }
+            let Some(request) = record.waiting_for.as_deref() else { continue };
+            let approval = app.store.hitl_get(ctx, request).await?;
+            if approval.status == autobiz_kernel::hitl::ApprovalState::Pending && approval.expires_at > now {
+                continue;
+            }
+            if !self.workflows.contains_key(&record.workflow) || record.config_hash != self.config_hash {
+                continue;
+            }
+            if !app.store.run_claim_resume(ctx, &record.run_id).await? {
+                continue;
+            }
+            self.resume(app, ctx, &record).await?;
+            resumed += 1;
+        }
+        Ok(resumed)
+    }
+
+    /// The durable engine of `workflow`'s runs, writing to `transcript`.
+    fn engine<'w>(&'w self, app: &'w App, workflow: &str, transcript: &std::path::Path) -> Engine<'w> {
+        Engine::new(&self.exec)
+            .with_store(&app.store, Some(transcript.display().to_string()))
+            .with_approvals(&self.approvals)
+            .with_llm(self.llm.get(workflow))
+    }
+
+    /// What the engine needs to run `wf` as `run_id` for `ctx`'s tenant.
+    fn spec<'w>(
+        &self,
+        ctx: &TenantContext,
+        wf: &'w RunnableWorkflow,
+        run_id: &str,
+        event: Value,
+        pins: Value,
+    ) -> RunSpec<'w> {
+        RunSpec {
+            workflow: &wf.workflow,
+            ctx: TenantContext::new(ctx.tenant().clone(), Principal::new(&wf.principal), CorrelationId::random()),
+            run_id: run_id.to_owned(),
+            bounds: wf.bounds,
+            event,
+            pins,
+            config_hash: self.config_hash.clone(),
+        }
+    }
+
+    /// Resume the stored run `record` from its last committed step (a run
+    /// error is logged: the run's own record says how it ended). The caller
+    /// makes sure no other worker runs it: a claim, or a single process
+    /// after its restart.
+    pub async fn resume(&self, app: &App, ctx: &TenantContext, record: &RunRecord) -> Result<()> {
+        let Some(wf) = self.workflows.get(&record.workflow) else {
+            return Err(autobiz_kernel::Error::new(
+                ErrorCode::InvalidInput,
+                format!("run {}: the config has no workflow {}", record.run_id, record.workflow),
+            ));
+        };
+        let Some(path) = record.transcript.as_deref().map(PathBuf::from) else {
+            return Err(autobiz_kernel::Error::new(
+                ErrorCode::TranscriptIo,
+                format!("run {} has no transcript to resume from", record.run_id),
+            ));
+        };
+        let (mut writer, history) = TranscriptWriter::resume(&path)?;
+        let engine = self.engine(app, &record.workflow, &path);
+        let spec = self.spec(ctx, wf, &record.run_id, record.event.clone(), record.pins.clone());
+        tracing::info!(workflow = %record.workflow, run_id = %record.run_id, "event worker: resuming a run");
+        if let Err(e) = engine.resume(&spec, &history, &mut writer).await {
+            tracing::warn!(code = e.code().as_str(), run_id = %record.run_id, "event worker: resume failed: {e}");
+        }
+        Ok(())
     }
 
     async fn process(&self, app: &App, ctx: &TenantContext, event: &StoredEvent) -> Result<()> {
@@ -169,19 +271,9 @@ impl Worker {
             }
         };
         let mut writer = TranscriptWriter::to(Box::new(std::io::BufWriter::new(file)));
-        let run_ctx = TenantContext::new(ctx.tenant().clone(), Principal::new(&wf.principal), CorrelationId::random());
-        let engine = Engine::new(&self.exec)
-            .with_store(&app.store, Some(path.display().to_string()))
-            .with_approvals(&self.approvals);
-        let spec = RunSpec {
-            workflow: &wf.workflow,
-            ctx: run_ctx,
-            run_id: run_id.to_owned(),
-            bounds: wf.bounds,
-            event: workflow_event(event),
-            pins: json!({}),
-            config_hash: self.config_hash.clone(),
-        };
+        let engine = self.engine(app, workflow_id, &path);
+        let pins = self.llm.get(workflow_id).map_or_else(|| json!({}), |l| l.pin().as_pins());
+        let spec = self.spec(ctx, wf, run_id, workflow_event(event), pins);
         tracing::info!(workflow = workflow_id, run_id, "event worker: starting a run");
         match engine.run(&spec, &mut writer).await {
             Ok(_) => Ok(true),

@@ -50,6 +50,21 @@ fn io(path: &Path, e: std::io::Error) -> CliError {
     CliError::infrastructure("SOAK_CHECKPOINT_IO", format!("{}: {e}", path.display()))
 }
 
+/// The parameters the soak in `dir` was started with (for `--resume`).
+pub fn recorded_config(dir: &Path) -> Result<SoakConfig, CliError> {
+    let path = dir.join(FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        CliError::input("SOAK_CHECKPOINT_MISSING", format!("{}: {e} (is it a soak's directory?)", path.display()))
+    })?;
+    match text.lines().next().map(serde_json::from_str::<Line>) {
+        Some(Ok(Line::Start { config, .. })) => Ok(config),
+        _ => Err(CliError::input(
+            "SOAK_CHECKPOINT_CORRUPT",
+            format!("{} does not start with the soak's parameters", path.display()),
+        )),
+    }
+}
+
 impl Checkpoint {
     /// Open the checkpoint in `dir`: a new one, or the one a killed soak
     /// left, which must be of the same `config`.

@@ -11,7 +11,9 @@
 //! [`Progress`]; the command draws the bar.
 
 pub mod checkpoint;
+pub mod driver;
 pub mod plan;
+pub mod traffic;
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -18,6 +18,7 @@
 //! The worker's side is in the store (`Store::event_claim`, `event_finish`,
 //! `event_release_due`); `autobiz serve` drives both.
 
+pub mod fields;
 pub mod ordering;
 pub mod signature;
 
@@ -47,6 +48,11 @@ pub enum Provider {
     Stripe,
     Shopify,
     Printful,
+    /// The shop's helpdesk: customer messages, refund and cancellation
+    /// requests (`support:message`, ...), authenticated by a per-tenant
+    /// token like Printful. The body is autobiz's own shape:
+    /// `{"id", "type", "created"?, "order_id"?, ...fields}`.
+    Support,
 }
 
 impl Provider {
@@ -55,6 +61,7 @@ impl Provider {
             Provider::Stripe => "stripe",
             Provider::Shopify => "shopify",
             Provider::Printful => "printful",
+            Provider::Support => "support",
         }
     }
 
@@ -63,6 +70,7 @@ impl Provider {
             "stripe" => Some(Provider::Stripe),
             "shopify" => Some(Provider::Shopify),
             "printful" => Some(Provider::Printful),
+            "support" => Some(Provider::Support),
             _ => None,
         }
     }
@@ -74,6 +82,7 @@ impl Provider {
             Provider::Stripe => "stripe_webhook_secret",
             Provider::Shopify => "shopify_webhook_secret",
             Provider::Printful => "printful_webhook_token",
+            Provider::Support => "support_webhook_token",
         }
     }
 }
@@ -332,7 +341,7 @@ impl Ingress {
                 )?;
             }
             Provider::Shopify => signature::verify_shopify(d.headers.get("x-shopify-hmac-sha256"), d.body, &keys)?,
-            Provider::Printful => {
+            Provider::Printful | Provider::Support => {
                 signature::verify_token(d.url_token.or_else(|| d.headers.get("x-autobiz-webhook-token")), &keys)?
             }
         }
@@ -466,6 +475,13 @@ pub fn normalize(provider: Provider, headers: &Headers, body: &[u8]) -> Result<N
             let at = payload["created"].as_i64().and_then(|t| DateTime::from_timestamp(t, 0));
             (ty, id, entity, at)
         }
+        Provider::Support => {
+            let id = text(&payload["id"]).ok_or_else(|| malformed("a support event needs a string `id`"))?;
+            let ty = text(&payload["type"]).ok_or_else(|| malformed("a support event needs a string `type`"))?;
+            let entity = id_text(&payload["order_id"]).map(|oid| format!("order:{oid}"));
+            let at = payload["created"].as_i64().and_then(|t| DateTime::from_timestamp(t, 0));
+            (ty, id, entity, at)
+        }
     };
     Ok(Normalized { event_type, provider_event_id, entity_id, occurred_at, payload, payload_sha256 })
 }
@@ -504,6 +520,17 @@ mod tests {
             .unwrap();
         assert!(p.provider_event_id.starts_with("sha256:"));
         assert_eq!(p.entity_id.as_deref(), Some("order:13"));
+        let sup = normalize(
+            Provider::Support,
+            &h(&[]),
+            br#"{"id":"msg_1","type":"message","created":1700000000,"order_id":"1001","body":"where is it?"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (sup.event_type.as_str(), sup.provider_event_id.as_str(), sup.entity_id.as_deref()),
+            ("message", "msg_1", Some("order:1001"))
+        );
+        assert!(normalize(Provider::Support, &h(&[]), br#"{"type":"message"}"#).is_err(), "no id");
     }
 
     #[test]

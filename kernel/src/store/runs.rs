@@ -137,6 +137,27 @@ impl Store {
         Ok(())
     }
 
+    /// Claim a run that waits for an approval, to resume it: moves it from
+    /// WAITING_APPROVAL to RUNNING in one statement, so of several workers
+    /// (processes) that saw its request decided exactly one gets `true`.
+    pub async fn run_claim_resume(&self, ctx: &TenantContext, run_id: &str) -> Result<bool> {
+        let now = self.now();
+        let mut tx = self.begin(ctx).await?;
+        let changed = on_tx!(tx, c => sqlx::query(
+            "UPDATE runs SET status = 'RUNNING', updated_at = $3
+              WHERE tenant_id = $1 AND run_id = $2 AND status = 'WAITING_APPROVAL'",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(run_id)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, "claim a run"))?;
+        tx.commit().await?;
+        Ok(changed == 1)
+    }
+
     /// One run of `ctx`'s tenant.
     pub async fn run_record(&self, ctx: &TenantContext, run_id: &str) -> Result<Option<RunRecord>> {
         let sql = format!("SELECT {COLUMNS} FROM runs WHERE tenant_id = $1 AND run_id = $2");
