@@ -90,7 +90,7 @@ async fn p1_soak_virtual_soak_passes_on_postgres() {
     })
     .await
     .unwrap();
-    assert_passed_over_every_workflow(code, &out, 200);
+    assert_passed_over_every_workflow(code, &out, 120);
     assert!(!soak_dir.join("soak.db").exists(), "the soak used PostgreSQL, not its own SQLite");
 }
 

@@ -217,14 +217,15 @@ impl Store {
         Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
     }
 
-    /// The run ids that have a trace in `ctx`'s tenant (the soak's monitor
-    /// looks for traces without a run).
-    pub async fn trace_run_ids(&self, ctx: &TenantContext) -> Result<Vec<String>> {
+    /// The run ids with a trace record written at or after `since` in
+    /// `ctx`'s tenant (the soak's monitor looks for traces without a run).
+    pub async fn trace_run_ids_since(&self, ctx: &TenantContext, since: DateTime<Utc>) -> Result<Vec<String>> {
         let mut tx = self.begin(ctx).await?;
         let rows: Vec<(String,)> = crate::store::on_tx!(tx, c => sqlx::query_as(
-            "SELECT DISTINCT run_id FROM traces WHERE tenant_id = $1",
+            "SELECT DISTINCT run_id FROM traces WHERE tenant_id = $1 AND created_at >= $2",
         )
         .bind(ctx.tenant().as_str())
+        .bind(since)
         .fetch_all(&mut *c)
         .await)
         .map_err(|e| crate::store::map_error(e, "read trace run ids"))?;

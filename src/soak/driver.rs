@@ -64,6 +64,36 @@ pub const TENANTS: [&str; 2] = ["soak-east", "soak-west"];
 /// The approver the shop's HITL rules name.
 const APPROVER: &str = "ops-lead";
 
+/// How many of the newest runs each check reads (more than a check's worth
+/// of deliveries, so none is skipped).
+const RECENT_RUNS: i64 = 2_000;
+
+/// A set of the last few thousand run ids (what a check can see again).
+#[derive(Default)]
+struct Recent {
+    order: std::collections::VecDeque<String>,
+    set: BTreeSet<String>,
+}
+
+impl Recent {
+    const CAP: usize = 3 * RECENT_RUNS as usize;
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
 /// How the driver is set up.
 pub struct DriverOptions<'a> {
     pub config: &'a BusinessConfig,
@@ -115,8 +145,13 @@ pub struct ServeDriver {
     seed: u64,
     inject: Option<(Invariant, u64)>,
     transcripts: PathBuf,
-    /// Runs whose trace the monitors already found complete.
-    checked: BTreeSet<String>,
+    /// Runs whose trace the monitors already judged (ended runs; the
+    /// newest [`RECENT_RUNS`] are looked at each check, so this stays small).
+    checked: Recent,
+    /// Runs not ended at the last check: looked at again.
+    open_runs: BTreeSet<String>,
+    /// When the monitors last ran (the traces since are read).
+    last_check: DateTime<Utc>,
     /// Every secret value the soak knows: none may appear in a trace.
     planted: Vec<String>,
 }
@@ -274,7 +309,9 @@ impl ServeDriver {
             seed: opts.seed,
             inject: opts.inject,
             transcripts,
-            checked: BTreeSet::new(),
+            checked: Recent::default(),
+            open_runs: BTreeSet::new(),
+            last_check: opts.start,
             planted,
         })
     }
@@ -625,23 +662,24 @@ impl Driver for ServeDriver {
                     ));
                 }
             }
-            // Every run the index knows, and every trace (a trace without a run is a drill or a bug).
+            // The runs since the last check: the newest of the index, the
+            // ones still open at the last check, and the run ids of recent
+            // traces (a trace without a run is a drill or a bug). Bounded
+            // per check, so a long soak's checks do not grow with it.
             let mut runs: BTreeMap<String, Option<String>> = BTreeMap::new();
-            for r in self.store.run_records(&c, false, 1_000_000).await.map_err(infra("STORE_UNAVAILABLE"))? {
+            for r in self.store.run_records(&c, false, RECENT_RUNS).await.map_err(infra("STORE_UNAVAILABLE"))? {
                 runs.insert(r.run_id, Some(r.status));
             }
-            for id in self.store.trace_run_ids(&c).await.map_err(infra("STORE_UNAVAILABLE"))? {
+            for id in std::mem::take(&mut self.open_runs) {
+                if let Some(r) = self.store.run_record(&c, &id).await.map_err(infra("STORE_UNAVAILABLE"))? {
+                    runs.insert(r.run_id, Some(r.status));
+                }
+            }
+            let since = self.last_check - chrono::Duration::hours(1);
+            for id in self.store.trace_run_ids_since(&c, since).await.map_err(infra("STORE_UNAVAILABLE"))? {
                 runs.entry(id).or_insert(None);
             }
-            let approved: Vec<(String, String)> = self
-                .store
-                .hitl_list(&c, StatusFilter::All)
-                .await
-                .map_err(infra("STORE_UNAVAILABLE"))?
-                .into_iter()
-                .filter(|a| a.status == ApprovalState::Approved)
-                .map(|a| (a.run_id, a.tool))
-                .collect();
+            let mut approved: Option<Vec<(String, String)>> = None;
             for (run_id, status) in runs {
                 if self.checked.contains(&run_id) {
                     continue;
@@ -670,7 +708,18 @@ impl Driver for ServeDriver {
                     if !financial || self.rules.required(name, version, SideEffect::Financial, input).is_none() {
                         continue;
                     }
-                    if !approved.iter().any(|(r, t)| r == &run_id && t.split('@').next() == Some(name)) {
+                    if approved.is_none() {
+                        let list =
+                            self.store.hitl_list(&c, StatusFilter::All).await.map_err(infra("STORE_UNAVAILABLE"))?;
+                        approved = Some(
+                            list.into_iter()
+                                .filter(|a| a.status == ApprovalState::Approved)
+                                .map(|a| (a.run_id, a.tool))
+                                .collect(),
+                        );
+                    }
+                    let approvals = approved.as_deref().unwrap_or_default();
+                    if !approvals.iter().any(|(r, t)| r == &run_id && t.split('@').next() == Some(name)) {
                         found.push((
                             Invariant::UnapprovedFinancialStep,
                             format!("{tenant}: {tool} ran in {run_id} under an approval rule, without an approval"),
@@ -679,9 +728,12 @@ impl Driver for ServeDriver {
                 }
                 if terminal || status.is_none() {
                     self.checked.insert(run_id);
+                } else {
+                    self.open_runs.insert(run_id);
                 }
             }
         }
+        self.last_check = self.now();
         Ok(found)
     }
 }
