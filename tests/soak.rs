@@ -81,7 +81,7 @@ async fn p1_soak_virtual_soak_passes_on_postgres() {
                     "--days",
                     "1",
                     "--events-per-day",
-                    "200",
+                    "120",
                     "--dir",
                     soak_dir.to_str().unwrap(),
                 ],
