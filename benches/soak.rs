@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use autobiz::soak::checkpoint::Checkpoint;
 use autobiz::soak::driver::{DriverOptions, ServeDriver};
 use autobiz::soak::plan::Mix;
-use autobiz::soak::{ClockMode, Progress, SoakConfig};
+use autobiz::soak::{ClockMode, GateNow, Progress, SoakConfig, Violation};
 use autobiz_kernel::config::BusinessConfig;
 use autobiz_kernel::store::{DatabaseUrl, Store};
 use autobiz_testkit::TestDatabase;
@@ -41,7 +41,7 @@ struct Sampler(std::sync::Mutex<Vec<(u64, u64)>>);
 
 impl Progress for Sampler {
     fn started(&self, _planned: u64, _done: u64) {}
-    fn delivered(&self, done: u64, _lcb: Option<f64>, _violations: usize) {
+    fn delivered(&self, done: u64, _gate: GateNow, _violations: &[Violation]) {
         if done.is_multiple_of(300) {
             self.0.lock().unwrap().push((done, rss_kib()));
         }

@@ -61,6 +61,24 @@ fn p1_soak_virtual_day_of_300_deliveries_passes_over_every_workflow_sqlite() {
     assert_passed_over_every_workflow(code, &out, 300);
     assert_eq!(out["outcome"]["clock"], "virtual");
     assert_eq!(out["outcome"]["days"], 1.0);
+    // The soak's series (ops/metrics.toml, exporter soak), for the textfile collector.
+    let prom = std::fs::read_to_string(soak_dir.join("soak.prom")).unwrap();
+    let contract: toml::Value =
+        toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/metrics.toml")).unwrap())
+            .unwrap();
+    let exported: Vec<&str> = contract["metric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["exporter"].as_str() == Some("soak") && m["exported"].as_bool() == Some(true))
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(exported.len(), 3, "{exported:?}");
+    for name in exported {
+        assert!(prom.contains(&format!("# TYPE {name} ")), "{name} is exported by the soak, but not in\n{prom}");
+    }
+    assert!(prom.contains("gate_lower_bound{gate=\"soak\"} 0.9"), "{prom}");
+    assert!(prom.contains("invariant_violation_total{invariant=\"duplicate_side_effect\"} 0"), "{prom}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -120,6 +138,12 @@ fn drill(invariant: &str) -> Value {
         ],
     );
     assert_eq!(code, 1, "a soak with {invariant} committed must fail: {out:#}");
+    let prom = std::fs::read_to_string(soak_dir.join("soak.prom")).unwrap();
+    assert!(
+        prom.lines().any(|l| l.starts_with(&format!("invariant_violation_total{{invariant=\"{invariant}\"}} "))
+            && !l.ends_with(" 0")),
+        "the drill is counted in soak.prom: {prom}"
+    );
     out["outcome"].clone()
 }
 

@@ -14,14 +14,36 @@ use crate::report::{CliError, Reporter, table};
 use crate::soak::checkpoint::{self, Checkpoint};
 use crate::soak::driver::{DriverOptions, ServeDriver};
 use crate::soak::plan::Mix;
-use crate::soak::{Progress, SoakConfig, SoakOutcome};
+use crate::soak::{GateNow, Invariant, Progress, SoakConfig, SoakOutcome, Violation};
 
 /// The live summary: a bar over the planned deliveries with the rolling
-/// lower bound and the violations so far (stderr, a terminal only).
-struct Bar(ProgressBar);
+/// lower bound and the violations so far (stderr, a terminal only), and the
+/// soak's series in Prometheus text format in `DIR/soak.prom` (for the node
+/// exporter's textfile collector), rewritten after every delivery.
+struct Bar(ProgressBar, PathBuf);
+
+/// The soak's series (ops/metrics.toml, exporter `soak`).
+pub fn soak_metrics(gate: GateNow, violations: &[Violation]) -> String {
+    let mut out = String::from(
+        "# HELP gate_pass_rate Successes over outcomes in the gate's window\n# TYPE gate_pass_rate gauge\n",
+    );
+    out.push_str(&format!("gate_pass_rate{{gate=\"soak\"}} {}\n", gate.pass_rate));
+    out.push_str("# HELP gate_lower_bound The rolling Wilson lower bound\n# TYPE gate_lower_bound gauge\n");
+    if let Some(l) = gate.lower_bound {
+        out.push_str(&format!("gate_lower_bound{{gate=\"soak\"}} {l}\n"));
+    }
+    out.push_str(
+        "# HELP invariant_violation_total Invariant violations found\n# TYPE invariant_violation_total counter\n",
+    );
+    for i in Invariant::ALL {
+        let n = violations.iter().filter(|v| v.invariant == i).count();
+        out.push_str(&format!("invariant_violation_total{{invariant=\"{}\"}} {n}\n", i.as_str()));
+    }
+    out
+}
 
 impl Bar {
-    fn new(reporter: &Reporter) -> Bar {
+    fn new(reporter: &Reporter, prom: PathBuf) -> Bar {
         use std::io::IsTerminal;
         let visible = std::io::stderr().is_terminal() && !reporter.quiet() && reporter.format() == Format::Human;
         let bar = ProgressBar::with_draw_target(
@@ -37,7 +59,7 @@ impl Bar {
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
-        Bar(bar)
+        Bar(bar, prom)
     }
 }
 
@@ -46,10 +68,15 @@ impl Progress for Bar {
         self.0.set_length(planned);
         self.0.set_position(already_done);
     }
-    fn delivered(&self, done: u64, lower_bound: Option<f64>, violations: usize) {
+    fn delivered(&self, done: u64, gate: GateNow, violations: &[Violation]) {
         self.0.set_position(done);
-        let lcb = lower_bound.map_or("warming up".to_owned(), |l| format!("LCB {l:.4}"));
-        self.0.set_message(format!("{lcb}, {violations} violation(s)"));
+        let lcb = gate.lower_bound.map_or("warming up".to_owned(), |l| format!("LCB {l:.4}"));
+        self.0.set_message(format!("{lcb}, {} violation(s)", violations.len()));
+        // Written whole, then renamed: a scraper never reads half a file.
+        let tmp = self.1.with_extension("prom.tmp");
+        if std::fs::write(&tmp, soak_metrics(gate, violations)).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.1);
+        }
     }
 }
 
@@ -114,7 +141,7 @@ pub async fn run(global: &GlobalArgs, args: SoakArgs, reporter: &Reporter) -> Re
     if args.resume.is_some() {
         driver.recover().await?;
     }
-    let bar = Bar::new(reporter);
+    let bar = Bar::new(reporter, dir.join("soak.prom"));
     let outcome = crate::soak::run(&soak_config, &mut driver, &mut checkpoint, &bar).await;
     bar.0.finish_and_clear();
     driver.shutdown().await;

@@ -204,12 +204,26 @@ impl RollingGate {
     pub fn min_lower_bound(&self) -> Option<f64> {
         self.min
     }
+
+    /// Successes over outcomes in the window (0 before the first).
+    pub fn pass_rate(&self) -> f64 {
+        if self.outcomes.is_empty() { 0.0 } else { self.successes as f64 / self.outcomes.len() as f64 }
+    }
+}
+
+/// The rolling gate after a delivery, as the live summary and the
+/// metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateNow {
+    pub lower_bound: Option<f64>,
+    /// Successes over outcomes in the window.
+    pub pass_rate: f64,
 }
 
 /// What the run loop tells the command as it goes.
 pub trait Progress {
     fn started(&self, planned: u64, already_done: u64);
-    fn delivered(&self, done: u64, lower_bound: Option<f64>, violations: usize);
+    fn delivered(&self, done: u64, gate: GateNow, violations: &[Violation]);
 }
 
 /// Run (or resume) the soak: every planned delivery not yet in the
@@ -273,7 +287,7 @@ pub async fn run(
         t.runs += 1;
         t.completed += u64::from(outcome.success);
         last_at = Some(now);
-        progress.delivered(event.seq + 1, lcb, violations.len());
+        progress.delivered(event.seq + 1, GateNow { lower_bound: lcb, pass_rate: gate.pass_rate() }, &violations);
     }
     for t in tallies.values_mut() {
         t.success_rate = if t.runs == 0 { 0.0 } else { t.completed as f64 / t.runs as f64 };

@@ -53,7 +53,7 @@ impl Driver for Scripted {
 struct Quiet;
 impl Progress for Quiet {
     fn started(&self, _: u64, _: u64) {}
-    fn delivered(&self, _: u64, _: Option<f64>, _: usize) {}
+    fn delivered(&self, _: u64, _: GateNow, _: &[Violation]) {}
 }
 
 async fn soak(config: &SoakConfig, driver: &mut Scripted, dir: &std::path::Path) -> Result<SoakOutcome, CliError> {
