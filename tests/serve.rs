@@ -504,16 +504,7 @@ async fn p1_t36_health_readiness_and_metrics_names() {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from\n{text}");
     }
     // Every series ops/metrics.toml says `autobiz serve` exports today is there.
-    let contract: toml::Value =
-        toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/metrics.toml")).unwrap())
-            .unwrap();
-    let exported: Vec<&str> = contract["metric"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["exporter"].as_str() == Some("serve") && m["exported"].as_bool() == Some(true))
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let exported = common::exported_metrics("serve");
     assert!(exported.len() >= 8, "{exported:?}");
     for name in exported {
         assert!(text.contains(&format!("# TYPE {name} ")), "ops/metrics.toml: {name} is exported, but not in\n{text}");

@@ -63,16 +63,7 @@ fn p1_soak_virtual_day_of_300_deliveries_passes_over_every_workflow_sqlite() {
     assert_eq!(out["outcome"]["days"], 1.0);
     // The soak's series (ops/metrics.toml, exporter soak), for the textfile collector.
     let prom = std::fs::read_to_string(soak_dir.join("soak.prom")).unwrap();
-    let contract: toml::Value =
-        toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/metrics.toml")).unwrap())
-            .unwrap();
-    let exported: Vec<&str> = contract["metric"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["exporter"].as_str() == Some("soak") && m["exported"].as_bool() == Some(true))
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let exported = common::exported_metrics("soak");
     assert_eq!(exported.len(), 3, "{exported:?}");
     for name in exported {
         assert!(prom.contains(&format!("# TYPE {name} ")), "{name} is exported by the soak, but not in\n{prom}");

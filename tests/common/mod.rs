@@ -58,3 +58,16 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// The series `ops/metrics.toml` says `exporter` (`serve`, `soak`) exports today.
+pub fn exported_metrics(exporter: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/metrics.toml")).unwrap();
+    let contract: toml::Value = toml::from_str(&text).unwrap();
+    contract["metric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["exporter"].as_str() == Some(exporter) && m["exported"].as_bool() == Some(true))
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
