@@ -77,7 +77,14 @@ fn observe(scenario: &golden::Scenario, config: &BusinessConfig, backend: Backen
             Backend::Postgres => TestDatabase::postgres().await,
         };
         let dir = tempfile::tempdir()?;
-        let env = runner::Env { config, admin_url: db.admin_url(), kernel_url: db.kernel_url(), work_dir: dir.path() };
+        let cassettes = root().join("cassettes");
+        let env = runner::Env {
+            config,
+            admin_url: db.admin_url(),
+            kernel_url: db.kernel_url(),
+            work_dir: dir.path(),
+            cassette_dir: &cassettes,
+        };
         Ok(golden::run(scenario, &env).await?)
     })
 }

@@ -54,10 +54,45 @@ pub struct Scenario {
     #[serde(default)]
     pub hitl: Vec<HumanDecision>,
     /// The LLM cassette the scenario replays (`cassettes/NAME`), if it calls
-    /// a model.
+    /// a model. With `AUTOBIZ_CASSETTE_MODE=record` and an `[llm]` table the
+    /// runner records it instead, against the LLM fake.
     #[serde(default)]
     pub cassette: Option<String>,
+    /// The LLM fake, for a scenario whose model misbehaves (or to record its
+    /// cassette): without a cassette the agent step talks to it.
+    #[serde(default)]
+    pub llm: Option<LlmSpec>,
     pub expect: Expect,
+}
+
+/// The OpenAI-compatible LLM fake behind a scenario's agent steps.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    /// The model's replies, in order; past them the fake answers its own
+    /// one-word classification (`wismo` / `other`), which is not the agent
+    /// protocol.
+    #[serde(default)]
+    pub replies: Vec<String>,
+    /// Faults of the primary endpoint, from its first request on.
+    #[serde(default)]
+    pub faults: Vec<LlmFault>,
+    /// A fallback endpoint (a second fake) and its replies.
+    #[serde(default)]
+    pub fallback: Option<Vec<String>>,
+}
+
+/// A fault of the LLM fake: the kinds of [`FaultSpec`], no tool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmFault {
+    pub fault: String,
+    #[serde(default = "one")]
+    pub times: u32,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -85,6 +120,10 @@ pub struct Setup {
     /// Printful orders created and confirmed (pending).
     #[serde(default)]
     pub printful_confirmed: Vec<Value>,
+    /// Printful orders confirmed and shipped (fulfilled, one shipment):
+    /// `{external_id, items, carrier, tracking_number}`.
+    #[serde(default)]
+    pub printful_shipped: Vec<Value>,
 }
 
 /// A run made before the scenario's own.
@@ -180,6 +219,13 @@ pub struct Expect {
     /// The run's cost is above zero (it called a priced tool or a model).
     #[serde(default)]
     pub cost_positive: Option<bool>,
+    /// Model calls answered (`model_call` trace records), over every run.
+    #[serde(default)]
+    pub model_calls: Option<u64>,
+    /// Every answered model call cost tokens and micro-USD, and so did the
+    /// run that made it (default `true`).
+    #[serde(default = "yes")]
+    pub model_cost: bool,
 }
 
 fn yes() -> bool {

@@ -81,6 +81,12 @@ pub fn check(expect: &Expect, observed: &Observed) -> Vec<Mismatch> {
     if let Some(positive) = expect.cost_positive {
         judge("Cost", "cost > 0", json!(positive), json!(observed.cost.micro_usd > 0 || observed.cost.tokens > 0));
     }
+    if let Some(calls) = expect.model_calls {
+        judge("Cost", "model calls", json!(calls), json!(observed.model_calls));
+    }
+    if expect.model_cost {
+        judge("Cost", "model calls without cost", json!([]), json!(observed.model_cost_problems));
+    }
     out
 }
 
@@ -112,6 +118,8 @@ mod tests {
             trace_gaps: Vec::new(),
             replay_problems: Vec::new(),
             cost: autobiz_kernel::trace::Cost::default(),
+            model_calls: 1,
+            model_cost_problems: vec!["wf05-1: model call seq 2 cost 42 tokens, 0 micro-USD".into()],
             run_time: std::time::Duration::ZERO,
             requests: Vec::new(),
         }
@@ -133,6 +141,7 @@ state = { "/outputs/capture/status" = "succeeded" }
 hitl = { approved = 0 }
 compensated = []
 cost_positive = true
+model_calls = 2
 "#,
         )
         .unwrap();
@@ -148,11 +157,13 @@ cost_positive = true
                 ("Hitl", "approved"),
                 ("Compensation", "compensation steps run"),
                 ("Cost", "cost > 0"),
+                ("Cost", "model calls"),
+                ("Cost", "model calls without cost"),
             ]
         );
         let text = render("WF01/x", &m);
         assert!(text.contains("SideEffect oracle, stripe_captures:\n    - expected: 2\n    + actual:   1"), "{text}");
-        assert!(text.starts_with("golden scenario WF01/x: 7 oracle(s) failed"), "{text}");
+        assert!(text.starts_with("golden scenario WF01/x: 9 oracle(s) failed"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use autobiz_fakes::{Fakes, Fault};
+use autobiz_fakes::{Fakes, Fault, LlmFake};
 use autobiz_kernel::assembly::Assembly;
 use autobiz_kernel::breaker::{BreakerPolicy, Breakers};
 use autobiz_kernel::clock::{Clock, ManualClock};
@@ -19,6 +19,9 @@ use autobiz_kernel::executor::{CallContext, Durability, Executor, Tool, ToolOutp
 use autobiz_kernel::hitl::gate::StoreApprovals;
 use autobiz_kernel::hitl::{ApprovalState, Decision, HitlRules, StatusFilter};
 use autobiz_kernel::idempotency::DEFAULT_WINDOW;
+use autobiz_kernel::llm::{
+    Cassette, CassetteMode, Endpoint, LlmClient, LlmConfig, LlmSettings, ModelPrice, PriceTable,
+};
 use autobiz_kernel::providers::{
     self, HttpSettings, PRINTFUL_SECRET, ProviderEndpoints, Providers, RetryPolicy, SENDGRID_SECRET, SHOPIFY_SECRET,
     STRIPE_SECRET, SandboxGuard, SendgridSettings,
@@ -35,12 +38,18 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::{FaultSpec, Scenario, Setup};
+use super::{FaultSpec, LlmSpec, Scenario, Setup};
 
 /// The tenant every scenario runs as.
 pub const TENANT: &str = "golden";
 const STRIPE_KEY: &str = "sk_test_golden";
 const PRINTFUL_KEY: &str = "pf-golden";
+/// The key the LLM fake is sent (a cassette never holds it).
+const LLM_KEY: &str = "sk-golden-llm";
+/// Where a cassette-only scenario's client "sends": nothing listens, the
+/// cassette answers (its origin is normalized away when matched).
+const CASSETTE_ENDPOINT: &str = "http://127.0.0.1:9/v1";
+const CASSETTE_FALLBACK: &str = "http://127.0.0.1:10/v1";
 
 /// Which store a scenario runs on (the test names carry it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +74,8 @@ pub struct Env<'a> {
     pub admin_url: &'a str,
     pub kernel_url: &'a str,
     pub work_dir: &'a Path,
+    /// Where a scenario's `cassette` lies (`cassettes/`).
+    pub cassette_dir: &'a Path,
 }
 
 /// Everything the oracles judge.
@@ -90,6 +101,10 @@ pub struct Observed {
     pub replay_problems: Vec<String>,
     /// Cost over every run and resume.
     pub cost: Cost,
+    /// Model calls answered (`model_call` trace records), over every run.
+    pub model_calls: u64,
+    /// Model calls (and runs that made them) whose cost is zero.
+    pub model_cost_problems: Vec<String>,
     /// Wall time of the runs themselves (engine runs and resumes, human
     /// decisions included; not the store's migration, the fakes' start or
     /// the observation), for the benchmark.
@@ -130,6 +145,12 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
     ];
     let faults = validate_faults(&scenario.faults)?;
     let exec = executor(assembly, &store, clock.clone(), fakes.clone(), faults)?;
+    let needs_llm = wf.workflow.steps.iter().find_map(|s| s.agent.as_ref());
+    let (llm, _llm_fakes) = match needs_llm {
+        Some(agent) => llm_client(scenario, env, &store, &agent.model, &agent.prompt).await?,
+        None => (None, Vec::new()),
+    };
+    let pins = llm.as_ref().map_or_else(|| json!({}), |l| l.pin().as_pins());
     let approvals = StoreApprovals::new(store.clone(), rules, clock.clone());
 
     let mut observed = Observed {
@@ -142,6 +163,8 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
         trace_gaps: Vec::new(),
         replay_problems: Vec::new(),
         cost: Cost::default(),
+        model_calls: 0,
+        model_cost_problems: Vec::new(),
         run_time: Duration::ZERO,
         requests: Vec::new(),
     };
@@ -174,15 +197,17 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
         let run_id = format!("{}-{delivery}", scenario.workflow.to_ascii_lowercase());
         let ctx = TenantContext::new(tenant.clone(), Principal::new(&wf.principal), CorrelationId::new(&run_id));
         let transcript = env.work_dir.join(format!("{run_id}.jsonl"));
-        let engine =
-            Engine::new(&exec).with_store(&store, Some(transcript.display().to_string())).with_approvals(&approvals);
+        let engine = Engine::new(&exec)
+            .with_store(&store, Some(transcript.display().to_string()))
+            .with_approvals(&approvals)
+            .with_llm(llm.as_ref());
         let spec = RunSpec {
             workflow: &wf.workflow,
             ctx: ctx.clone(),
             run_id: run_id.clone(),
             bounds: wf.bounds,
             event: scenario.event.clone(),
-            pins: json!({}),
+            pins: pins.clone(),
             config_hash: config_hash.clone(),
         };
         let started = std::time::Instant::now();
@@ -244,6 +269,8 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
         observed.requests.extend(fake.into_iter().skip(skip).map(|r| (name, r)));
     }
     observed.counters = counters(&observed.fakes);
+    // A recording cassette is written when its client goes.
+    drop(llm);
     store.close().await;
     Ok(observed)
 }
@@ -271,7 +298,11 @@ async fn observe_run(
         .filter_map(|r| r.tool.clone())
         .collect();
     for e in t.entries() {
-        if let Entry::ToolRequest { step, tool, .. } = e {
+        // An agent step's own request names no tool: its model turns and
+        // proposals are judged below and by their own requests.
+        if let Entry::ToolRequest { step, tool, .. } = e
+            && !tool.is_empty()
+        {
             match traced.iter().position(|t| t == tool || t.starts_with(&format!("{tool}@"))) {
                 Some(i) => {
                     traced.remove(i);
@@ -282,6 +313,30 @@ async fn observe_run(
             }
         }
     }
+    let model_calls: Vec<_> = trace.iter().filter(|r| r.kind == RecordKind::ModelCall).collect();
+    let turns = t.entries().filter(|e| matches!(e, Entry::ModelTurn { .. })).count();
+    if turns != model_calls.len() {
+        observed.trace_gaps.push(format!(
+            "{}: {turns} model turn(s) in the transcript, {} model_call trace record(s)",
+            report.run_id,
+            model_calls.len()
+        ));
+    }
+    for r in &model_calls {
+        if r.cost.tokens == 0 || r.cost.micro_usd == 0 {
+            observed.model_cost_problems.push(format!(
+                "{}: model call seq {} cost {} tokens, {} micro-USD",
+                report.run_id, r.seq, r.cost.tokens, r.cost.micro_usd
+            ));
+        }
+    }
+    if !model_calls.is_empty() && (report.cost.tokens == 0 || report.cost.micro_usd == 0) {
+        observed.model_cost_problems.push(format!(
+            "{}: called the model but the run cost {} tokens, {} micro-USD",
+            report.run_id, report.cost.tokens, report.cost.micro_usd
+        ));
+    }
+    observed.model_calls += model_calls.len() as u64;
     if trace.first().map(|r| r.kind) != Some(RecordKind::RunStart) {
         observed.trace_gaps.push(format!("{}: the trace does not open with run_start", report.run_id));
     }
@@ -378,6 +433,103 @@ pub fn http_settings() -> HttpSettings {
     }
 }
 
+/// The LLM client's settings: the providers' quick retries and timeout.
+pub fn llm_settings() -> LlmSettings {
+    let http = http_settings();
+    LlmSettings { request_timeout: http.request_timeout, retry: http.retry, ..LlmSettings::default() }
+}
+
+/// The golden price table: `gpt-4o-mini` at its list price ($0.15 and
+/// $0.60 per million prompt and completion tokens) rounded up to the
+/// table's unit, whole micro-USD per 1,000 tokens.
+pub fn llm_prices() -> PriceTable {
+    PriceTable::new().with("gpt-4o-mini", ModelPrice { prompt_per_1k_micro_usd: 1, completion_per_1k_micro_usd: 1 })
+}
+
+/// The LLM client of a workflow with an agent step, pinned to `model` and
+/// `prompt`, and the fakes it talks to (kept alive by the caller):
+///
+/// * a `cassette` and no `[llm]`: replay the cassette, nothing is sent;
+/// * a `cassette` and an `[llm]`: replay, or with `AUTOBIZ_CASSETTE_MODE=record`
+///   record it against the LLM fake scripted with `[llm]`;
+/// * only `[llm]`: the fake (faults, a fallback endpoint);
+/// * neither: no client (the agent step fails with `AGENT_LLM_MISSING`).
+async fn llm_client(
+    scenario: &Scenario,
+    env: &Env<'_>,
+    store: &Store,
+    model: &str,
+    prompt: &autobiz_kernel::llm::PromptTemplate,
+) -> Result<(Option<LlmClient>, Vec<LlmFake>), String> {
+    // Only a scenario that says how its cassette was made (`[llm]`) records.
+    let mode = match (CassetteMode::from_env().map_err(err("cassette mode"))?, &scenario.llm) {
+        (CassetteMode::Record, Some(_)) => CassetteMode::Record,
+        _ => CassetteMode::Replay,
+    };
+    let cassette = scenario.cassette.as_ref().map(|name| env.cassette_dir.join(name));
+    let key = || Some(SecretString::from(LLM_KEY.to_owned()));
+    let (primary, fallback, fakes) = match (&cassette, &scenario.llm) {
+        (None, None) => return Ok((None, Vec::new())),
+        (Some(_), None) => (Endpoint::new(CASSETTE_ENDPOINT, key()).map_err(err("LLM endpoint"))?, None, Vec::new()),
+        (Some(_), Some(spec)) if mode == CassetteMode::Replay => {
+            let fallback = match spec.fallback {
+                Some(_) => Some(Endpoint::new(CASSETTE_FALLBACK, key()).map_err(err("LLM endpoint"))?),
+                None => None,
+            };
+            (Endpoint::new(CASSETTE_ENDPOINT, key()).map_err(err("LLM endpoint"))?, fallback, Vec::new())
+        }
+        (_, Some(spec)) => {
+            let (primary, fallback) = llm_fakes(spec).await?;
+            let p = Endpoint::new(&primary.base_url(), key()).map_err(err("LLM endpoint"))?;
+            let f = match &fallback {
+                Some(f) => Some(Endpoint::new(&f.base_url(), key()).map_err(err("LLM endpoint"))?),
+                None => None,
+            };
+            (p, f, std::iter::once(primary).chain(fallback).collect())
+        }
+    };
+    if mode == CassetteMode::Record
+        && let Some(path) = cassette.as_ref().filter(|p| p.exists())
+    {
+        // reqwest-vcr appends to what the file holds: a re-recording starts empty.
+        std::fs::remove_file(path).map_err(|e| format!("cassette {}: {e}", path.display()))?;
+    }
+    let config = LlmConfig {
+        model: model.to_owned(),
+        template: prompt.clone(),
+        primary,
+        fallback,
+        prices: llm_prices(),
+        settings: llm_settings(),
+        cassette: cassette.map(|path| Cassette::new(path, mode)),
+    };
+    let client = LlmClient::new(config, SandboxGuard::sandbox(), Arc::new(store.clone())).map_err(err("LLM client"))?;
+    Ok((Some(client), fakes))
+}
+
+/// The primary LLM fake, scripted and faulted as `spec` says, and the
+/// fallback one if it has one.
+async fn llm_fakes(spec: &LlmSpec) -> Result<(LlmFake, Option<LlmFake>), String> {
+    let primary = LlmFake::start_loopback().await;
+    for reply in &spec.replies {
+        primary.script(reply.clone());
+    }
+    for f in &spec.faults {
+        primary.inject_times(fault_kind(&f.fault, f.delay_ms, f.retry_after_s)?, f.times);
+    }
+    let fallback = match &spec.fallback {
+        Some(replies) => {
+            let fake = LlmFake::start_loopback().await;
+            for reply in replies {
+                fake.script(reply.clone());
+            }
+            Some(fake)
+        }
+        None => None,
+    };
+    Ok((primary, fallback))
+}
+
 /// A provider tool whose fake misbehaves as the scenario says, right before
 /// the call it names.
 struct Faulting {
@@ -416,23 +568,27 @@ fn validate_faults(specs: &[FaultSpec]) -> Result<Vec<(FaultSpec, Fault)>, Strin
             if !providers::TOOLS.contains(&s.tool.as_str()) {
                 return Err(format!("fault for {:?}: not a provider tool ({})", s.tool, providers::TOOLS.join(", ")));
             }
-            let fault = match s.fault.as_str() {
-                "status500" => Fault::Status500,
-                "rate_limited" => Fault::RateLimited { retry_after_s: s.retry_after_s.unwrap_or(0) },
-                "delay" => Fault::Delay(Duration::from_millis(s.delay_ms.unwrap_or(400))),
-                "malformed" => Fault::Malformed,
-                "html" => Fault::Html,
-                "truncated" => Fault::Truncated,
-                "error_in_200" => Fault::ErrorIn200,
-                other => {
-                    return Err(format!(
-                        "fault {other:?}: status500, rate_limited, delay, malformed, html, truncated or error_in_200"
-                    ));
-                }
-            };
-            Ok((s.clone(), fault))
+            Ok((s.clone(), fault_kind(&s.fault, s.delay_ms, s.retry_after_s)?))
         })
         .collect()
+}
+
+/// The fake fault a scenario names.
+fn fault_kind(kind: &str, delay_ms: Option<u64>, retry_after_s: Option<u64>) -> Result<Fault, String> {
+    Ok(match kind {
+        "status500" => Fault::Status500,
+        "rate_limited" => Fault::RateLimited { retry_after_s: retry_after_s.unwrap_or(0) },
+        "delay" => Fault::Delay(Duration::from_millis(delay_ms.unwrap_or(400))),
+        "malformed" => Fault::Malformed,
+        "html" => Fault::Html,
+        "truncated" => Fault::Truncated,
+        "error_in_200" => Fault::ErrorIn200,
+        other => {
+            return Err(format!(
+                "fault {other:?}: status500, rate_limited, delay, malformed, html, truncated or error_in_200"
+            ));
+        }
+    })
 }
 
 /// Make the provider state a scenario starts from, through the fakes' APIs.
@@ -491,6 +647,33 @@ pub async fn setup(fakes: &Fakes, setup: &Setup) -> Result<(), String> {
             .map_err(fail_http("printful order"))?
             .error_for_status()
             .map_err(fail_http("printful order"))?;
+    }
+    for shipped in &setup.printful_shipped {
+        let field = |k: &str| shipped[k].as_str().map(str::to_owned);
+        let (Some(carrier), Some(tracking)) = (field("carrier"), field("tracking_number")) else {
+            return Err(format!("setup: a shipped Printful order needs carrier and tracking_number: {shipped}"));
+        };
+        let mut order = shipped.clone();
+        if let Some(o) = order.as_object_mut() {
+            o.remove("carrier");
+            o.remove("tracking_number");
+        }
+        let created: Value = http
+            .post(format!("{}/orders?confirm=true", fakes.printful.uri()))
+            .bearer_auth(PRINTFUL_KEY)
+            .json(&order)
+            .send()
+            .await
+            .map_err(fail_http("printful order"))?
+            .error_for_status()
+            .map_err(fail_http("printful order"))?
+            .json()
+            .await
+            .map_err(fail_http("printful order"))?;
+        let id = created.pointer("/result/id").and_then(Value::as_u64);
+        if !id.is_some_and(|id| fakes.printful.ship(id, &carrier, &tracking)) {
+            return Err(format!("setup: cannot ship Printful order {created}"));
+        }
     }
     Ok(())
 }
