@@ -146,33 +146,41 @@ criterion_group! {
     targets = benches
 }
 
-/// The median of a finished benchmark, in nanoseconds, from criterion's output.
-fn median_ns(name: &str) -> Option<f64> {
+/// The median of a benchmark finished since `since` (this run: an older
+/// result left by an earlier run is not reported as this run's), in
+/// nanoseconds, from criterion's output.
+fn median_ns(name: &str, since: std::time::SystemTime) -> Option<f64> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
     let path = Path::new(&target).join("criterion").join(name).join("new/estimates.json");
+    if std::fs::metadata(&path).and_then(|m| m.modified()).ok()? < since {
+        return None;
+    }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     v["median"]["point_estimate"].as_f64()
 }
 
 fn main() {
+    let since = std::time::SystemTime::now();
     group();
     Criterion::default().configure_from_args().final_summary();
     println!("\nfigure vs floor, medians of this run:");
     for backend in ["sqlite", "postgres"] {
-        let Some(floor) = median_ns(&format!("floor_{backend}_single_insert")) else {
+        let Some(floor) = median_ns(&format!("floor_{backend}_single_insert"), since) else {
             println!("  {backend}: floor not measured in this run (filter?)");
             continue;
         };
         for kind in ["hit", "miss"] {
-            if let Some(ns) = median_ns(&format!("idempotency_{kind}_{backend}")) {
-                println!(
-                    "  idempotency {kind:<4} {backend:<8}: {:>9.1} µs   floor: raw {backend} single-row insert {:.1} µs  ({:.2}x)",
-                    ns / 1e3,
-                    floor / 1e3,
-                    ns / floor
-                );
-            }
+            let Some(ns) = median_ns(&format!("idempotency_{kind}_{backend}"), since) else {
+                println!("  idempotency {kind:<4} {backend:<8}: not measured in this run (filter?)");
+                continue;
+            };
+            println!(
+                "  idempotency {kind:<4} {backend:<8}: {:>9.1} µs   floor: raw {backend} single-row insert {:.1} µs  ({:.2}x)",
+                ns / 1e3,
+                floor / 1e3,
+                ns / floor
+            );
         }
     }
 }

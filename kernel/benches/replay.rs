@@ -5,6 +5,7 @@
 //!
 //! `cargo bench -p autobiz-kernel --bench replay`; the last lines print the
 //! figure, the floor and the target (>= 100,000 steps/s, i.e. < 100 ms).
+//! `REPLAY_BENCH_ROUNDS` (default 7) sets the rounds, e.g. 1 under a profiler.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,17 +114,24 @@ fn main() {
     let text = w.lines().join("\n");
     let lines = w.lines().len();
 
-    let rounds = 7;
+    // `REPLAY_BENCH_ROUNDS=1` for a profiler run (callgrind, perf).
+    let rounds = std::env::var("REPLAY_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0).unwrap_or(7);
     let mut floor = Vec::new();
     let mut figure = Vec::new();
+    // CPU time of this thread per phase, summed over the rounds: on a shared
+    // machine the wall clock also counts the time other processes held the
+    // cores; the CPU time does not.
+    let (mut cpu_floor, mut cpu_figure) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..rounds {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), thread_cpu());
         let transcript = Transcript::parse(&text).unwrap();
         floor.push(t.elapsed());
-        let t = Instant::now();
+        let (t, c2) = (Instant::now(), thread_cpu());
+        cpu_floor += c2.saturating_sub(c);
         let transcript2 = Transcript::parse(&text).unwrap();
         let out = replay(&transcript2, &wf, exec.registry(), "bench").unwrap();
         figure.push(t.elapsed());
+        cpu_figure += thread_cpu().saturating_sub(c2);
         assert!(matches!(out, ReplayOutcome::Identical(_)), "{out:?}");
         std::hint::black_box(transcript);
     }
@@ -146,4 +154,25 @@ fn main() {
         floor.as_secs_f64() * 1e3,
         figure.as_secs_f64() / floor.as_secs_f64()
     );
+    let (cpu_floor, cpu_figure) = (cpu_floor / rounds as u32, cpu_figure / rounds as u32);
+    println!(
+        "  CPU time, mean    : {:>8.1} ms read + replay, {:.1} ms read only (this thread, 10 ms ticks; load {})",
+        cpu_figure.as_secs_f64() * 1e3,
+        cpu_floor.as_secs_f64() * 1e3,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or("?")
+    );
+}
+
+/// CPU time (user + system) this thread has used, from
+/// `/proc/thread-self/stat` in clock ticks (USER_HZ, 100 on Linux); zero
+/// where that file does not exist.
+fn thread_cpu() -> Duration {
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        // Fields after the command name, which is in parentheses: state is
+        // field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    Duration::from_millis(ticks().unwrap_or(0) * 10)
 }

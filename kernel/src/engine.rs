@@ -187,7 +187,7 @@ impl<'a> Engine<'a> {
                     },
                 )
                 .await?;
-            let initial = Patch(vec![serde_json::json!({"op": "add", "path": "", "value": state.to_value()})]);
+            let initial = Patch::initial(state.to_value());
             self.persist(spec, version, &initial).await?;
         }
         version = 1;
@@ -226,7 +226,7 @@ impl<'a> Engine<'a> {
             None => {
                 // Registered, then killed before its first state: start it.
                 let state = RunState::new(spec.workflow, &spec.run_id, spec.event.clone());
-                let initial = Patch(vec![serde_json::json!({"op": "add", "path": "", "value": state.to_value()})]);
+                let initial = Patch::initial(state.to_value());
                 self.persist(spec, 0, &initial).await?;
                 (state, 1)
             }

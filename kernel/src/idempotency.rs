@@ -57,16 +57,20 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// Derive the key of a tool call: SHA-256 over the JCS form of its parts
     /// (canonicalized by the maintained crate, never by hand).
+    ///
+    /// The document is a borrowed struct rather than a `json!` map (no copy
+    /// of the input), and its canonical bytes go straight into the hash; the
+    /// crate sorts the members, so the bytes are those of the whole object.
     pub fn derive(parts: &KeyParts<'_>) -> Result<IdempotencyKey> {
-        let doc = serde_json::json!({
-            "tenant": parts.tenant.as_str(),
-            "workflow": parts.workflow,
-            "step": parts.step,
-            "tool": parts.tool,
-            "tool_version": parts.tool_version,
-            "input": parts.input,
-        });
-        Ok(Self::from_internal(parts.tenant.clone(), sha256_hex(canonical(&doc)?.as_bytes())))
+        let doc = KeyDocument {
+            tenant: parts.tenant.as_str(),
+            workflow: parts.workflow,
+            step: parts.step,
+            tool: parts.tool,
+            tool_version: parts.tool_version,
+            input: parts.input,
+        };
+        Ok(Self::from_internal(parts.tenant.clone(), canonical_sha256_hex(&doc)?))
     }
 
     /// A key a caller supplied (an `Idempotency-Key` header, a webhook's event
@@ -103,12 +107,28 @@ impl IdempotencyKey {
     }
 }
 
+/// What the internal key hashes: the parts of a [`KeyParts`], borrowed.
+#[derive(serde::Serialize)]
+struct KeyDocument<'a> {
+    tenant: &'a str,
+    workflow: &'a str,
+    step: &'a str,
+    tool: &'a str,
+    tool_version: &'a str,
+    input: &'a Value,
+}
+
 /// SHA-256 (hex) of the JCS form of a request: two requests under one key
 /// must have the same fingerprint, or the key was reused for something else.
 pub fn request_fingerprint(request: &Value) -> Result<String> {
-    // Canonical bytes go straight into the hash, never into a string.
+    canonical_sha256_hex(request)
+}
+
+/// SHA-256 (hex) of the RFC 8785 form of `value`, canonicalized by the
+/// crate straight into the hash (never into a string).
+pub(crate) fn canonical_sha256_hex<T: serde::Serialize>(value: &T) -> Result<String> {
     let mut hasher = Sha256::new();
-    serde_json_canonicalizer::to_writer(request, &mut hasher)
+    serde_json_canonicalizer::to_writer(value, &mut hasher)
         .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))?;
     Ok(hex::encode(hasher.finalize()))
 }

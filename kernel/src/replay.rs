@@ -172,6 +172,9 @@ struct Replayer<'a> {
     steps: u64,
     /// The state hash the `run_end` line was checked against.
     state_sha256: Option<String>,
+    /// The side effect of each tool version looked up so far (a registry
+    /// lookup builds its key; a run calls few tools many times).
+    side_effects: Vec<(&'a str, &'a str, SideEffect)>,
 }
 
 type Step = std::result::Result<(), Divergence>;
@@ -200,6 +203,7 @@ impl<'a> Replayer<'a> {
             receipts: Vec::new(),
             steps: 0,
             state_sha256: None,
+            side_effects: Vec::new(),
         })
     }
 
@@ -328,6 +332,20 @@ impl<'a> Replayer<'a> {
         Ok(self.diverged_at(line, at, "agent_output", json!(recorded), actual))
     }
 
+    /// Does `tool@version` have a side effect? Unknown tools count as one.
+    fn has_effect(&mut self, tool: &str, version: &str) -> bool {
+        if let Some((_, _, s)) = self.side_effects.iter().find(|(t, v, _)| *t == tool && *v == version) {
+            return *s != SideEffect::Read;
+        }
+        match self.registry.lookup(tool, version) {
+            Ok(c) => {
+                self.side_effects.push((&c.name, &c.version, c.side_effect));
+                c.side_effect != SideEffect::Read
+            }
+            Err(_) => true,
+        }
+    }
+
     /// A transition's line was taken: the store would now hold the next
     /// version, with the pending receipt.
     fn committed(&mut self) {
@@ -401,7 +419,10 @@ impl<'a> Replayer<'a> {
                     return Ok(self.diverged_at(line, at, "response", expected, actual));
                 }
                 self.steps += 1;
-                let agent = self.workflow.steps.iter().find(|s| s.id == call.step).and_then(|s| s.agent.as_ref());
+                // The step is the state's cursor: found by its index hint,
+                // not by a search through the workflow's steps.
+                let workflow = self.workflow;
+                let agent = self.state.cursor_step(workflow, &call.step).ok().and_then(|(_, s)| s.agent.as_ref());
                 let ended_ok = match agent {
                     Some(agent) => {
                         if let Err(d) = self.agent_step(line, agent, &call, outcome)? {
@@ -419,15 +440,15 @@ impl<'a> Replayer<'a> {
                 if *version != self.version + 1 {
                     return Ok(self.diverged_at(line, at, "state_version", json!(version), json!(self.version + 1)));
                 }
-                if *effect && let StepOutcome::Ok { output } = outcome {
-                    let side_effect = self.registry.lookup(&call.tool, &call.version).map(|c| c.side_effect);
-                    if side_effect.map(|s| s != SideEffect::Read).unwrap_or(true) {
-                        let key = match key {
-                            Some(key) => key,
-                            None => step_key(&self.tenant, self.workflow, &call)?,
-                        };
-                        self.pending_receipts.push(receipt_digest(&call, &key, output)?);
-                    }
+                if *effect
+                    && let StepOutcome::Ok { output } = outcome
+                    && self.has_effect(&call.tool, &call.version)
+                {
+                    let key = match key {
+                        Some(key) => key,
+                        None => step_key(&self.tenant, self.workflow, &call)?,
+                    };
+                    self.pending_receipts.push(receipt_digest(&call, &key, output)?);
                 }
                 self.committed();
                 Ok(())

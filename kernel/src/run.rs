@@ -160,7 +160,12 @@ impl StepCall {
 
     /// The step as the idempotency key names it: `charge`, `charge#2`...
     pub fn step_key(&self) -> String {
-        if self.visit <= 1 { self.step.clone() } else { format!("{}#{}", self.step, self.visit) }
+        self.step_key_ref().into_owned()
+    }
+
+    /// [`StepCall::step_key`], borrowed from the step for a first visit.
+    fn step_key_ref(&self) -> std::borrow::Cow<'_, str> {
+        if self.visit <= 1 { self.step.as_str().into() } else { format!("{}#{}", self.step, self.visit).into() }
     }
 }
 
@@ -230,7 +235,7 @@ impl RunState {
     }
 
     /// The cursor's step and its index (the hint first, then a search).
-    fn cursor_step<'w>(&self, workflow: &'w Workflow, id: &str) -> Result<(usize, &'w Step)> {
+    pub(crate) fn cursor_step<'w>(&self, workflow: &'w Workflow, id: &str) -> Result<(usize, &'w Step)> {
         if let Some(i) = self.at
             && let Some(step) = workflow.steps.get(i).filter(|s| s.id == id)
         {
@@ -283,12 +288,12 @@ impl RunState {
     pub fn apply_recorded(&mut self, workflow: &Workflow, call: &StepCall, outcome: &StepOutcome) -> Result<Patch> {
         let before = Shape::of(self);
         self.apply_inner(workflow, call, outcome)?;
-        let mut patch = before.diff(self);
-        patch.insert(0, json!({"op": "add", "path": "/path/-", "value": call.step}));
-        patch.insert(
-            0,
-            json!({"op": "add", "path": pointer("visits", &call.step), "value": self.visits.get(&call.step)}),
-        );
+        let visits = self.visits.get(&call.step).copied().map_or(Value::Null, Value::from);
+        let mut patch = vec![
+            PatchOp::add(pointer("visits", &call.step), visits),
+            PatchOp::add("/path/-".to_owned(), Value::String(call.step.clone())),
+        ];
+        before.diff_into(self, &mut patch);
         Ok(Patch(patch))
     }
 
@@ -412,12 +417,13 @@ impl RunState {
         if let Some(step) = step {
             *self.visits.entry(step.to_owned()).or_insert(0) += 1;
             self.path.push(step.to_owned());
-            head.push(json!({"op": "add", "path": pointer("visits", step), "value": self.visits.get(step)}));
-            head.push(json!({"op": "add", "path": "/path/-", "value": step}));
+            let visits = self.visits.get(step).copied().map_or(Value::Null, Value::from);
+            head.push(PatchOp::add(pointer("visits", step), visits));
+            head.push(PatchOp::add("/path/-".to_owned(), Value::String(step.to_owned())));
         }
         self.error = Some(error.to_owned());
         self.end_inner(termination)?;
-        head.extend(before.diff(self));
+        before.diff_into(self, &mut head);
         Ok(Patch(head))
     }
 
@@ -542,7 +548,7 @@ pub fn step_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Resu
     let parts = KeyParts {
         tenant,
         workflow: &workflow.id,
-        step: &call.step_key(),
+        step: &call.step_key_ref(),
         tool: &call.tool,
         tool_version: &call.version,
         input: &call.input,
@@ -573,22 +579,60 @@ pub fn canonical_sha256(value: &Value) -> Result<String> {
     crate::idempotency::request_fingerprint(value)
 }
 
-/// An RFC 6902 JSON Patch as JSON: what one transition changed in the
-/// serialized [`RunState`]. Built from what the transition touched, never by
-/// diffing whole states, so its cost does not grow with the run.
+/// An RFC 6902 JSON Patch: what one transition changed in the serialized
+/// [`RunState`]. Built from what the transition touched, never by diffing
+/// whole states, so its cost does not grow with the run.
+///
+/// Typed operations rather than `Value` maps: a run's transitions only
+/// `add` and `replace`, always with a value, so each operation is one
+/// struct (no map and no key strings to build, parse or compare), and its
+/// JSON is the RFC 6902 object `{"op","path","value"}` as before.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Patch(pub Vec<Value>);
+pub struct Patch(pub Vec<PatchOp>);
+
+/// One RFC 6902 operation of a run's patch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchOp {
+    pub op: PatchOpKind,
+    /// RFC 6901 JSON Pointer.
+    pub path: String,
+    pub value: Value,
+}
+
+/// The RFC 6902 operations a run's transitions use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchOpKind {
+    Add,
+    Replace,
+}
+
+impl PatchOp {
+    pub fn add(path: String, value: Value) -> PatchOp {
+        PatchOp { op: PatchOpKind::Add, path, value }
+    }
+
+    pub fn replace(path: String, value: Value) -> PatchOp {
+        PatchOp { op: PatchOpKind::Replace, path, value }
+    }
+}
 
 impl Patch {
+    /// The patch that sets the whole document to `state` (a run's version 1).
+    pub fn initial(state: Value) -> Patch {
+        Patch(vec![PatchOp::add(String::new(), state)])
+    }
+
     pub fn to_value(&self) -> Value {
-        Value::Array(self.0.clone())
+        serde_json::to_value(&self.0).unwrap_or(Value::Null)
     }
 
     /// This patch with the `add /outputs/STEP` operation of a successful
     /// call in front (what [`RunState::apply`] returns and the store keeps).
     pub fn with_output(mut self, step: &str, output: &Value) -> Patch {
-        self.0.insert(0, json!({"op": "add", "path": pointer("outputs", step), "value": output}));
+        self.0.insert(0, PatchOp::add(pointer("outputs", step), output.clone()));
         self
     }
 }
@@ -613,14 +657,19 @@ impl Shape {
         }
     }
 
-    fn diff(self, s: &RunState) -> Vec<Value> {
+    fn diff(self, s: &RunState) -> Vec<PatchOp> {
         let mut ops = Vec::new();
-        let mut add = |path: &str, value: Value| ops.push(json!({"op": "replace", "path": path, "value": value}));
+        self.diff_into(s, &mut ops);
+        ops
+    }
+
+    fn diff_into(self, s: &RunState, ops: &mut Vec<PatchOp>) {
+        let mut add = |path: &str, value: Value| ops.push(PatchOp::replace(path.to_owned(), value));
         if self.status != s.status {
             add("/status", json!(s.status));
         }
         if self.cursor != s.cursor {
-            add("/cursor", json!(s.cursor));
+            add("/cursor", s.cursor.clone().map_or(Value::Null, Value::String));
         }
         if self.error != s.error {
             add("/error", json!(s.error));
@@ -630,15 +679,23 @@ impl Shape {
         }
         if self.compensation != s.compensation {
             // `add` creates the member or replaces it.
-            ops.push(json!({"op": "add", "path": "/compensation", "value": s.compensation}));
+            ops.push(PatchOp::add("/compensation".to_owned(), json!(s.compensation)));
         }
-        ops
     }
 }
 
 /// `/{field}/{key}` with the key escaped as RFC 6901 requires.
 fn pointer(field: &str, key: &str) -> String {
-    format!("/{field}/{}", key.replace('~', "~0").replace('/', "~1"))
+    if key.contains(['~', '/']) {
+        format!("/{field}/{}", key.replace('~', "~0").replace('/', "~1"))
+    } else {
+        let mut p = String::with_capacity(field.len() + key.len() + 2);
+        p.push('/');
+        p.push_str(field);
+        p.push('/');
+        p.push_str(key);
+        p
+    }
 }
 
 #[cfg(test)]
@@ -783,6 +840,31 @@ mod tests {
             json_patch::patch(&mut doc, &patch).unwrap();
         }
         assert_eq!(doc, s.to_value());
+    }
+
+    #[test]
+    fn p1_t14_a_patch_is_rfc6902_json_and_other_shapes_are_refused() {
+        let wf = wf();
+        let mut s = RunState::new(&wf, "r1", json!({"order": "1001"}));
+        let Command::Call(c) = s.next(&wf).unwrap() else { panic!() };
+        let p = s.apply(&wf, &c, &ok(json!({"total": 5}))).unwrap();
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"[{"op":"add","path":"/outputs/fetch","value":{"total":5}},{"op":"add","path":"/visits/fetch","value":1},{"op":"add","path":"/path/-","value":"fetch"},{"op":"replace","path":"/cursor","value":"charge"}]"#
+        );
+        let back: Patch = serde_json::from_value(p.to_value()).unwrap();
+        assert_eq!(back, p);
+        // A run's patch only adds and replaces, always with a value; anything
+        // else is not a patch a run made.
+        for other in [
+            json!([{"op": "remove", "path": "/cursor"}]),
+            json!([{"op": "add", "path": "/cursor"}]),
+            json!([{"op": "add", "path": "/cursor", "value": 1, "from": "/x"}]),
+        ] {
+            assert!(serde_json::from_value::<Patch>(other.clone()).is_err(), "{other}");
+        }
+        // A key with `/` or `~` is escaped as RFC 6901 requires.
+        assert_eq!(pointer("visits", "a/b~c"), "/visits/a~1b~0c");
     }
 
     /// authorize -> capture (consumes authorize) -> ship -> mail; void and
