@@ -49,8 +49,8 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Fakes(cmd) => fakes::run(cmd, reporter).await,
         Command::Hitl(cmd) => hitl::run(global, cmd, reporter).await,
         Command::Breaker(cmd) => breaker::run(global, cmd, reporter).await,
-        Command::Reconcile(ReconcileCommand::List) => reconcile::list(global, reporter).await,
-        Command::Reconcile(ReconcileCommand::Run(_)) => not_yet("reconcile run", "the provider drift detector"),
+        Command::Reconcile(ReconcileCommand::List(args)) => reconcile::list(global, &args, reporter).await,
+        Command::Reconcile(ReconcileCommand::Run(args)) => reconcile::run(global, &args, reporter).await,
     }
 }
 
