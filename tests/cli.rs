@@ -49,9 +49,11 @@ fn help_lists_the_whole_command_surface_and_the_exit_codes() {
 #[test]
 fn commands_of_later_releases_say_so_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [vec!["soak", "--days", "7"]] {
-        autobiz(dir.path()).args(&args).assert().code(2).stderr(predicate::str::contains("error[NOT_YET_AVAILABLE]"));
-    }
+    autobiz(dir.path())
+        .args(["soak", "--days", "7"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("error[NOT_YET_AVAILABLE]"));
 }
 
 #[test]
