@@ -305,14 +305,6 @@ pub struct ReplayArgs {
     pub transcript: PathBuf,
 }
 
-/// Arguments of a command that a later release delivers; accepted and ignored
-/// so that scripts written against the documented surface get a clear answer.
-#[derive(Debug, Args)]
-pub struct PendingArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {
     /// Print a run's trace: every record with tool, decision, error, duration
@@ -639,11 +631,44 @@ pub enum BreakerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ReconcileCommand {
-    /// Compare receipts with the providers' records.
-    Run(PendingArgs),
+    /// Compare local state and receipts with the providers' records
+    /// (`--tenant`): open a drift case per drift (once: a rerun opens no
+    /// duplicate), repair non-financial drift with an audit record, send
+    /// financial drift to HITL (never repaired automatically), and record
+    /// the decisions made since the last run.
+    ///
+    /// Providers are read with the tenant's credentials from the secrets
+    /// file (`AUTOBIZ_SECRETS_FILE`, `AUTOBIZ_MASTER_KEY`) at
+    /// `AUTOBIZ_STRIPE_URL`, `AUTOBIZ_SHOPIFY_URL`, `AUTOBIZ_PRINTFUL_URL`.
+    ///
+    /// Exit codes: 0 the run completed (drift found is reported, not an
+    /// error); 1 with `--fail-on-drift` when a case still needs a human;
+    /// 2 bad input (no tenant, no credentials without `--skip-providers`);
+    /// 3 the store or a provider unreachable.
+    Run(ReconcileRunArgs),
     /// The tenant's reconciliation cases (`--tenant`): events whose
-    /// precondition failed after their hold, and later drift cases.
-    List,
+    /// precondition failed after their hold, and drift cases, with status
+    /// (OPEN, AWAITING_HUMAN, REPAIRED, RESOLVED, DISMISSED).
+    List(ReconcileListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileRunArgs {
+    /// Exit 1 when, after the run, a case still needs a human (financial
+    /// drift awaiting a decision, a repair that failed).
+    #[arg(long)]
+    pub fail_on_drift: bool,
+    /// Run only the checks that need no provider (the events routed to
+    /// reconciliation); the provider checks are reported as skipped.
+    #[arg(long)]
+    pub skip_providers: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileListArgs {
+    /// Only the cases that still need a human (OPEN, AWAITING_HUMAN).
+    #[arg(long)]
+    pub open: bool,
 }
 
 #[derive(Debug, Args)]

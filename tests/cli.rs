@@ -47,16 +47,6 @@ fn help_lists_the_whole_command_surface_and_the_exit_codes() {
 }
 
 #[test]
-fn commands_of_later_releases_say_so_and_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
-    autobiz(dir.path())
-        .args(["reconcile", "run"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("error[NOT_YET_AVAILABLE]"));
-}
-
-#[test]
 fn serve_without_tenants_or_secrets_says_what_it_needs_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     autobiz(dir.path()).arg("serve").assert().code(2).stderr(predicate::str::contains("error[TENANT_REQUIRED]"));

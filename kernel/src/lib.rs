@@ -59,6 +59,7 @@ pub mod llm;
 pub mod permission;
 pub mod providers;
 pub mod receipts;
+pub mod reconcile;
 pub mod redaction;
 pub mod replay;
 pub mod run;

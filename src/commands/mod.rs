@@ -50,18 +50,9 @@ pub async fn run(cli: Cli, reporter: &Reporter) -> Result<ExitCode, CliError> {
         Command::Fakes(cmd) => fakes::run(cmd, reporter).await,
         Command::Hitl(cmd) => hitl::run(global, cmd, reporter).await,
         Command::Breaker(cmd) => breaker::run(global, cmd, reporter).await,
-        Command::Reconcile(ReconcileCommand::List) => reconcile::list(global, reporter).await,
-        Command::Reconcile(ReconcileCommand::Run(_)) => not_yet("reconcile run", "the provider drift detector"),
+        Command::Reconcile(ReconcileCommand::List(args)) => reconcile::list(global, &args, reporter).await,
+        Command::Reconcile(ReconcileCommand::Run(args)) => reconcile::run(global, &args, reporter).await,
     }
-}
-
-/// A command of the documented surface that this version does not have yet:
-/// a clear answer and exit 2, never a silent success.
-fn not_yet(command: &str, feature: &str) -> Result<ExitCode, CliError> {
-    Err(CliError::input(
-        "NOT_YET_AVAILABLE",
-        format!("`autobiz {command}` is not yet available in this version ({feature} is on the roadmap in README.md)"),
-    ))
 }
 
 fn database_url(global: &GlobalArgs) -> Result<DatabaseUrl, CliError> {

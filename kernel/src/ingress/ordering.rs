@@ -6,8 +6,10 @@
 //! the predecessor arrives, or, once its hold times out
 //! ([`DEFAULT_HOLD`]), after its precondition is re-checked: released with
 //! `timeout_released = true` when it holds, routed to `RECONCILE` (and a
-//! reconciliation case) when it does not. Held events are rows, so they
-//! survive a restart.
+//! reconciliation case) when it does not; `autobiz reconcile run`
+//! ([`crate::reconcile`]) releases such an event to `READY` once its
+//! precondition holds or a human approved it. Held events are rows, so
+//! they survive a restart.
 
 use crate::error::{Error, ErrorCode, Result};
 
@@ -71,6 +73,9 @@ pub enum EventTransition {
     TimeoutRelease,
     /// Hold timed out, precondition still false.
     TimeoutReconcile,
+    /// Released from reconciliation by `autobiz reconcile run`: its
+    /// precondition holds by now, or a human approved processing it.
+    Reconciled,
     /// A worker claims it (also a PROCESSING event whose lease ran out).
     Claim,
     /// Its workflow started (or had already started: the run id is the event's).
@@ -87,6 +92,7 @@ pub const EVENT_TRANSITIONS: &[(EventStatus, EventTransition, EventStatus)] = &[
     (EventStatus::Held, EventTransition::PredecessorArrived, EventStatus::Ready),
     (EventStatus::Held, EventTransition::TimeoutRelease, EventStatus::Ready),
     (EventStatus::Held, EventTransition::TimeoutReconcile, EventStatus::Reconcile),
+    (EventStatus::Reconcile, EventTransition::Reconciled, EventStatus::Ready),
     (EventStatus::Ready, EventTransition::Claim, EventStatus::Processing),
     (EventStatus::Processing, EventTransition::Claim, EventStatus::Processing),
     (EventStatus::Processing, EventTransition::Start, EventStatus::Done),
@@ -130,8 +136,18 @@ mod tests {
         use EventStatus::*;
         use EventTransition::*;
         let all_status = [Received, Held, Ready, Processing, Done, Skipped, Failed, Reconcile];
-        let all_events =
-            [Admit, Hold, PredecessorArrived, TimeoutRelease, TimeoutReconcile, Claim, Start, NoWorkflow, Fail];
+        let all_events = [
+            Admit,
+            Hold,
+            PredecessorArrived,
+            TimeoutRelease,
+            TimeoutReconcile,
+            Reconciled,
+            Claim,
+            Start,
+            NoWorkflow,
+            Fail,
+        ];
         let mut allowed = 0;
         for s in all_status {
             for e in all_events {
@@ -149,10 +165,14 @@ mod tests {
             }
         }
         assert_eq!(allowed, EVENT_TRANSITIONS.len());
-        // Terminal states have no way out; a held event is never claimed.
-        for s in [Done, Skipped, Failed, Reconcile] {
+        // Terminal states have no way out; a held event is never claimed; an
+        // event in reconciliation leaves only when reconciliation releases it.
+        for s in [Done, Skipped, Failed] {
             assert!(EVENT_TRANSITIONS.iter().all(|(f, _, _)| *f != s), "{s:?} is terminal");
         }
+        assert!(EVENT_TRANSITIONS.iter().all(|(f, e, _)| *f != Reconcile || *e == Reconciled));
+        assert_eq!(transition(Reconcile, Reconciled).unwrap(), Ready);
+        assert!(transition(Reconcile, Claim).is_err());
         assert!(transition(Held, Claim).is_err());
         assert_eq!(transition(Held, TimeoutReconcile).unwrap(), Reconcile);
     }

@@ -456,6 +456,40 @@ impl Store {
         Ok(n)
     }
 
+    /// One of `ctx`'s events by id.
+    pub async fn event(&self, ctx: &TenantContext, id: i64) -> Result<Option<StoredEvent>> {
+        let sql = format!("SELECT {COLUMNS} FROM event_store WHERE tenant_id = $1 AND id = $2");
+        let mut tx = self.begin(ctx).await?;
+        let found: Option<EventRow> = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ctx.tenant().as_str())
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await)
+        .map_err(|e| errors::map(e, "read an event"))?;
+        tx.commit().await?;
+        found.map(EventRow::into_event).transpose()
+    }
+
+    /// RECONCILE -> READY with `timeout_released` (reconciliation found its
+    /// precondition true by now, or a human approved it), so the worker
+    /// processes it. False when it is not in RECONCILE.
+    pub async fn event_release_reconciled(&self, ctx: &TenantContext, id: i64) -> Result<bool> {
+        let mut tx = self.begin(ctx).await?;
+        let n = on_tx!(tx, c => sqlx::query(
+            "UPDATE event_store SET status = 'READY', timeout_released = TRUE, error = NULL, updated_at = $3
+              WHERE tenant_id = $1 AND id = $2 AND status = 'RECONCILE'",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(id)
+        .bind(self.now())
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, "release an event from reconciliation"))?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     /// `ctx`'s reconciliation cases, oldest first.
     pub async fn reconciliation_cases(&self, ctx: &TenantContext) -> Result<Vec<ReconciliationCase>> {
         type Row = (String, String, Option<String>, String, Json<Value>, DateTime<Utc>);

@@ -18,6 +18,7 @@
 //! A request for another tenant's entity is refused with `TENANT_FORBIDDEN`
 //! before any query runs, and the attempt is written to `security_events`.
 
+mod drift;
 mod errors;
 mod events;
 mod idempotency;
@@ -40,6 +41,7 @@ use crate::idempotency::IdempotencyStats;
 use crate::tenant::TenantContext;
 
 pub use crate::state::StateVersion;
+pub use drift::{NewAction, NewCase, ReconciliationAction};
 pub use errors::is_unique_violation;
 pub use errors::map as driver_error;
 pub(crate) use errors::map as map_error;
@@ -61,6 +63,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "traces",
     "event_store",
     "reconciliation",
+    "reconciliation_actions",
     "hitl_requests",
     "idempotency_keys",
     "security_events",
