@@ -229,7 +229,9 @@ pub struct FakeServer<P> {
 impl<P: Provider> FakeServer<P> {
     pub(crate) async fn start(bind: SocketAddr, state: P) -> std::io::Result<FakeServer<P>> {
         let listener = TcpListener::bind(bind)?;
-        let server = MockServer::builder().listener(listener).start().await;
+        // The fake keeps its own log (`requests`); wiremock's copy would grow
+        // without bound in a long soak.
+        let server = MockServer::builder().listener(listener).disable_request_recording().start().await;
         let inner = Arc::new(Inner { state: Mutex::new(state), faults: Mutex::default(), log: Mutex::default() });
         Mock::given(any()).respond_with(Handler(inner.clone())).mount(&server).await;
         Ok(FakeServer { server, inner })
@@ -270,6 +272,12 @@ impl<P: Provider> FakeServer<P> {
     /// Every request received, in order (health checks excluded).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.inner.log).clone()
+    }
+
+    /// Forget the requests logged so far (a long soak keeps memory flat;
+    /// the provider's state is kept).
+    pub fn forget_requests(&self) {
+        lock(&self.inner.log).clear();
     }
 
     /// Requests whose path is `path`.

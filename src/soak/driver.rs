@@ -734,6 +734,12 @@ impl Driver for ServeDriver {
             }
         }
         self.last_check = self.now();
+        // The monitors read the fakes' state, never their request logs.
+        self.fakes.stripe.forget_requests();
+        self.fakes.shopify.forget_requests();
+        self.fakes.printful.forget_requests();
+        self.fakes.sendgrid.forget_requests();
+        self.llm.forget_requests();
         Ok(found)
     }
 }
