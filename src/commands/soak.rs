@@ -128,12 +128,19 @@ pub async fn run(global: &GlobalArgs, args: SoakArgs, reporter: &Reporter) -> Re
         Some(super::database_url(global)?)
     };
     let mut checkpoint = Checkpoint::open(&dir, &soak_config)?;
+    // A resumed virtual soak's clock starts after the last counted delivery
+    // and past the leases and holds the killed process left (the store's
+    // time never runs backwards).
+    let clock_start = match (soak_config.clock, checkpoint.records().last()) {
+        (crate::soak::ClockMode::Virtual, Some(last)) => last.at + chrono::Duration::minutes(5),
+        _ => soak_config.start,
+    };
     let mut driver = ServeDriver::start(DriverOptions {
         config: &config,
         dir: &dir,
         database_url,
         clock: soak_config.clock,
-        start: soak_config.start,
+        start: clock_start,
         seed: soak_config.seed,
         inject,
     })
