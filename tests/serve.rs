@@ -453,6 +453,9 @@ async fn p1_t40_approval_api_authenticates_approvers_and_audits_decisions() {
     let (status, list) = server.get("/hitl", &alice).await;
     assert_eq!(status, 200);
     assert!(list.contains(&id));
+    // The backlog gauges count it (P1-OR02's alerts read them).
+    assert_eq!(server.metric("hitl_pending_requests").await, 1);
+    assert!(server.metric("hitl_oldest_pending_age_seconds").await < 600);
     // No token, a wrong token, the right token for another tenant: 401.
     assert_eq!(server.get("/hitl", &[("X-Autobiz-Tenant", "acme".to_owned())]).await.0, 401);
     let wrong = [("Authorization", "Bearer tok-guess".to_owned()), ("X-Autobiz-Tenant", "acme".to_owned())];
@@ -465,6 +468,7 @@ async fn p1_t40_approval_api_authenticates_approvers_and_audits_decisions() {
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["request"]["approver"], "alice");
     assert_eq!(out["request"]["status"], "APPROVED");
+    assert_eq!(server.metric("hitl_pending_requests").await, 0, "decided: no longer pending");
     let (status, out) = server.post(&format!("/hitl/{id}/deny"), &alice, br#"{"reason":"late"}"#.to_vec()).await;
     assert_eq!((status, out["error"]["code"].as_str()), (409, Some("HITL_ALREADY_DECIDED")));
     assert_eq!(server.post("/hitl/hitl_nope/approve", &alice, vec![]).await.0, 404);

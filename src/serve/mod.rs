@@ -325,6 +325,25 @@ pub async fn render_metrics(app: &App, out: &mut String) {
     let idem = app.store.idempotency_stats().snapshot();
     counter(out, "idempotency_hit_total", "side effects replayed from their stored result", idem.hits);
     counter(out, "idempotency_miss_total", "side effects executed", idem.misses);
+    // The HITL backlog per served tenant, from the store (every process
+    // reports the same figures: alert on max, not sum across processes).
+    let mut depth = String::from(
+        "# HELP hitl_pending_requests Approval requests waiting for a decision\n# TYPE hitl_pending_requests gauge\n",
+    );
+    let mut age = String::from(
+        "# HELP hitl_oldest_pending_age_seconds Age of the oldest pending approval request\n# TYPE hitl_oldest_pending_age_seconds gauge\n",
+    );
+    let now = app.store.now();
+    for tenant in &app.tenants {
+        let ctx = context(tenant.clone(), "metrics");
+        if let Ok(pending) = app.store.hitl_list(&ctx, StatusFilter::Pending).await {
+            let oldest = pending.iter().map(|a| a.created_at).min().map_or(0, |t| (now - t).num_seconds().max(0));
+            depth.push_str(&format!("hitl_pending_requests{{tenant=\"{tenant}\"}} {}\n", pending.len()));
+            age.push_str(&format!("hitl_oldest_pending_age_seconds{{tenant=\"{tenant}\"}} {oldest}\n"));
+        }
+    }
+    out.push_str(&depth);
+    out.push_str(&age);
     out.push_str("# HELP circuit_breaker_state 0 closed, 1 half-open, 2 open\n# TYPE circuit_breaker_state gauge\n");
     for tenant in &app.tenants {
         let ctx = context(tenant.clone(), "metrics");
