@@ -142,7 +142,13 @@ impl Worker {
                 continue;
             }
             let Some(request) = record.waiting_for.as_deref() else { continue };
-            let approval = app.store.hitl_get(ctx, request).await?;
+            let approval = match app.store.hitl_get(ctx, request).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(code = e.code().as_str(), run_id = %record.run_id, "event worker: the run's approval: {e}");
+                    continue;
+                }
+            };
             if approval.status == autobiz_kernel::hitl::ApprovalState::Pending && approval.expires_at > now {
                 continue;
             }
@@ -152,7 +158,10 @@ impl Worker {
             if !app.store.run_claim_resume(ctx, &record.run_id).await? {
                 continue;
             }
-            self.resume(app, ctx, &record).await?;
+            // Claimed: a failure to resume leaves it RUNNING, for `autobiz run --resume`.
+            if let Err(e) = self.resume(app, ctx, &record).await {
+                tracing::warn!(code = e.code().as_str(), run_id = %record.run_id, "event worker: cannot resume: {e}");
+            }
             resumed += 1;
         }
         Ok(resumed)
