@@ -19,39 +19,18 @@ use autobiz_kernel::providers::{
     STRIPE_SECRET, SandboxGuard, SendgridSettings,
 };
 use autobiz_kernel::redaction::RedactionPolicy;
-use autobiz_kernel::secrets::{AuditSink, SecretInfo, SecretsProvider};
+use autobiz_kernel::secrets::AuditSink;
 use autobiz_kernel::store::{AuditEvent, SecurityEvent};
 use autobiz_kernel::tenant::{CorrelationId, Principal, TenantContext};
 use autobiz_kernel::trace::MemoryTraceSink;
-use autobiz_kernel::{Error, ErrorClass, ErrorCode, Result};
-use secrecy::SecretString;
+use autobiz_kernel::{ErrorClass, ErrorCode, Result};
 use serde_json::{Value, json};
 
 // --- test doubles -------------------------------------------------------------
 
-struct MemorySecrets(BTreeMap<String, String>);
-
-#[async_trait::async_trait]
-impl SecretsProvider for MemorySecrets {
-    async fn get(&self, _ctx: &TenantContext, reference: &str) -> Result<SecretString> {
-        self.0
-            .get(reference)
-            .map(|v| SecretString::from(v.clone()))
-            .ok_or_else(|| Error::new(ErrorCode::SecretNotFound, format!("no secret {reference}")))
-    }
-    async fn get_version(&self, ctx: &TenantContext, reference: &str, _version: u32) -> Result<SecretString> {
-        self.get(ctx, reference).await
-    }
-    async fn set(&self, _: &TenantContext, _: &str, _: SecretString) -> Result<SecretInfo> {
-        Err(Error::new(ErrorCode::SecretsIo, "read-only"))
-    }
-    async fn rotate(&self, _: &TenantContext, _: &str, _: SecretString, _: chrono::Duration) -> Result<SecretInfo> {
-        Err(Error::new(ErrorCode::SecretsIo, "read-only"))
-    }
-    async fn list(&self, _: &TenantContext) -> Result<Vec<SecretInfo>> {
-        Ok(Vec::new())
-    }
-}
+#[path = "common/memory_secrets.rs"]
+mod memory_secrets;
+use memory_secrets::MemorySecrets;
 
 #[derive(Default)]
 struct MemoryAudit(Mutex<Vec<AuditEvent>>);

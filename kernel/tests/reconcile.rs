@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autobiz_fakes::{Fakes, SEEDED_SHOPIFY_ORDER};
+use autobiz_kernel::Result;
 use autobiz_kernel::clock::SystemClock;
 use autobiz_kernel::contract::SideEffect;
 use autobiz_kernel::executor::CallContext;
@@ -33,12 +34,10 @@ use autobiz_kernel::providers::{
 };
 use autobiz_kernel::receipts::{NewReceipt, payload_sha256};
 use autobiz_kernel::reconcile::{ReconcileReport, Reconciler, status};
-use autobiz_kernel::secrets::{AuditSink, SecretInfo, SecretsProvider};
+use autobiz_kernel::secrets::AuditSink;
 use autobiz_kernel::store::{AuditEvent, NewEvent, SecurityEvent, Store};
 use autobiz_kernel::tenant::{CorrelationId, EntityId, Principal, TenantContext};
-use autobiz_kernel::{Error, ErrorCode, Result};
 use autobiz_testkit::{Backend, TestDatabase};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -47,29 +46,9 @@ mod common;
 
 // --- doubles and set-up ---------------------------------------------------------
 
-struct MemorySecrets(BTreeMap<String, String>);
-
-#[async_trait::async_trait]
-impl SecretsProvider for MemorySecrets {
-    async fn get(&self, _ctx: &TenantContext, reference: &str) -> Result<SecretString> {
-        self.0
-            .get(reference)
-            .map(|v| SecretString::from(v.clone()))
-            .ok_or_else(|| Error::new(ErrorCode::SecretNotFound, format!("no secret {reference}")))
-    }
-    async fn get_version(&self, ctx: &TenantContext, reference: &str, _version: u32) -> Result<SecretString> {
-        self.get(ctx, reference).await
-    }
-    async fn set(&self, _: &TenantContext, _: &str, _: SecretString) -> Result<SecretInfo> {
-        Err(Error::new(ErrorCode::SecretsIo, "read-only"))
-    }
-    async fn rotate(&self, _: &TenantContext, _: &str, _: SecretString, _: chrono::Duration) -> Result<SecretInfo> {
-        Err(Error::new(ErrorCode::SecretsIo, "read-only"))
-    }
-    async fn list(&self, _: &TenantContext) -> Result<Vec<SecretInfo>> {
-        Ok(Vec::new())
-    }
-}
+#[path = "common/memory_secrets.rs"]
+mod memory_secrets;
+use memory_secrets::MemorySecrets;
 
 #[derive(Default)]
 struct NoAudit(Mutex<u64>);
