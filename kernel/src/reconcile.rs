@@ -724,7 +724,7 @@ mod tests {
     }
 
     #[test]
-    fn p1_r30_case_classes_follow_the_kinds_this_module_opens() {
+    fn p1_t_rk02d_case_classes_follow_the_kinds_this_module_opens() {
         for kind in [
             "stripe_capture_missing_at_provider",
             "stripe_refund_missing_receipt",

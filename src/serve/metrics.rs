@@ -244,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn p1_r30_opened_cases_are_counted_by_tenant_and_class() {
+    fn p1_t_rk02d_opened_cases_are_counted_by_tenant_and_class() {
         let o = Outcomes::default();
         let mut report = ReconcileReport { tenant: "acme".into(), ..Default::default() };
         report.opened_by_class.insert(CaseClass::Financial, 2);
