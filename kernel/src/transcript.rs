@@ -659,6 +659,11 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<String> {
+        with_clocks(|w| w.lines().len() < 2)
+    }
+
+    /// run_start, `clock` lines while `more`, run_end.
+    fn with_clocks(more: impl Fn(&TranscriptWriter) -> bool) -> Vec<String> {
         let mut w = TranscriptWriter::memory();
         w.write(Entry::RunStart {
             run_id: "r1".into(),
@@ -670,7 +675,9 @@ mod tests {
             event: json!({"order": "1"}),
         })
         .unwrap();
-        w.write(Entry::Clock { at: DateTime::from_timestamp(1_700_000_000, 0).unwrap() }).unwrap();
+        while more(&w) {
+            w.write(Entry::Clock { at: DateTime::from_timestamp(1_700_000_000, 0).unwrap() }).unwrap();
+        }
         w.write(Entry::RunEnd {
             status: RunStatus::Completed,
             termination: Termination::Completed,
@@ -700,29 +707,7 @@ mod tests {
 
     /// A transcript long enough to be read on two threads.
     fn long() -> Vec<String> {
-        let mut w = TranscriptWriter::memory();
-        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        w.write(Entry::RunStart {
-            run_id: "r1".into(),
-            tenant: "acme".into(),
-            principal: "agent".into(),
-            workflow: "WF01".into(),
-            config_hash: "abc".into(),
-            pins: json!({}),
-            event: json!({}),
-        })
-        .unwrap();
-        while w.lines().iter().map(String::len).sum::<usize>() < 2 * PARALLEL_READ_MIN_BYTES {
-            w.write(Entry::Clock { at }).unwrap();
-        }
-        w.write(Entry::RunEnd {
-            status: RunStatus::Completed,
-            termination: Termination::Completed,
-            state_sha256: "00".into(),
-            receipts: vec![],
-        })
-        .unwrap();
-        w.lines().to_vec()
+        with_clocks(|w| w.lines().iter().map(String::len).sum::<usize>() < 2 * PARALLEL_READ_MIN_BYTES)
     }
 
     #[test]
