@@ -556,10 +556,10 @@ fn parse_part(text: &str, first: usize, name: &str, start: bool) -> (Vec<Line>, 
             Ok(line) => line,
             Err(e) => return (out, prev, Err(e)),
         };
-        if i > first || start {
-            if let Err(e) = check_link(&line, prev.as_ref(), name, n) {
-                return (out, prev, Err(e));
-            }
+        if (i > first || start)
+            && let Err(e) = check_link(&line, prev.as_ref(), name, n)
+        {
+            return (out, prev, Err(e));
         }
         prev = Some(Sha256::digest(raw.as_bytes()).into());
         out.push(line);
