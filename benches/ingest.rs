@@ -72,6 +72,7 @@ async fn start(db: TestDatabase) -> Target {
         stored: Arc::default(),
         http: HttpCounters::default(),
         breaker_metrics: None,
+        outcomes: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

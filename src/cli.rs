@@ -540,10 +540,18 @@ pub struct ServeArgs {
     /// is re-checked.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub hold: std::time::Duration,
-    /// Accept webhooks only; do not claim events or start workflows (another
-    /// process on the same database does).
+    /// Accept webhooks only; do not claim events, start workflows or run the
+    /// reconciliation detector (another process on the same database does).
     #[arg(long)]
     pub no_worker: bool,
+    /// How often the reconciliation detector compares every served tenant's
+    /// receipts and state with the providers (as `autobiz reconcile run`),
+    /// repairs non-financial drift and sends financial drift to HITL; the
+    /// first pass runs one interval after the start. `0s` turns it off.
+    /// Without provider credentials only the events routed to reconciliation
+    /// are checked.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub reconcile_every: std::time::Duration,
     /// Where the runs' transcripts go.
     #[arg(long, default_value = ".autobiz/transcripts")]
     pub transcripts: PathBuf,

@@ -423,3 +423,57 @@ fn inv08_an_override_needs_two_distinct_approvers_and_is_recorded() {
     let entry: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
     assert_eq!((entry["verdict"].as_str(), entry["override"].is_null()), (Some("pass"), true));
 }
+
+#[test]
+fn p1_or06_a_deploy_of_an_earlier_commit_is_recorded_and_counted_as_a_rollback() {
+    let f = Fixture::new();
+    let first = f.head.clone();
+    let evidence_for =
+        |commit: &str, name: &str| f.write(name, &f.signed(&f.statement(commit, &f.config_digest(), "pass")));
+    let last_entry = || {
+        let log = std::fs::read_to_string(f.repo.path().join(".autobiz/deploys.jsonl")).unwrap();
+        serde_json::from_str::<serde_json::Value>(log.lines().last().unwrap()).unwrap()
+    };
+    let prom = || std::fs::read_to_string(f.repo.path().join(".autobiz/deploy.prom")).unwrap();
+
+    // A first deploy, then a newer commit, then the newer one again: none is a rollback.
+    f.deploy(&evidence_for(&first, "a.json")).assert().success();
+    assert_eq!((last_entry()["rollback"].as_bool(), last_entry()["previous_commit"].is_null()), (Some(false), true));
+    std::fs::write(f.repo.path().join("README"), "next").unwrap();
+    git(f.repo.path(), &["add", "README"]);
+    git(f.repo.path(), &["commit", "-q", "-m", "next"]);
+    let second = git(f.repo.path(), &["rev-parse", "HEAD"]);
+    let b = evidence_for(&second, "b.json");
+    f.deploy(&b).assert().success();
+    assert_eq!(last_entry()["rollback"], false, "a newer commit is a roll-forward");
+    assert_eq!(last_entry()["previous_commit"], first.as_str());
+    f.deploy(&b).assert().success();
+    assert_eq!(last_entry()["rollback"], false, "a redeploy of the same commit");
+    assert!(prom().contains("deploy_total 3\n") && prom().contains("deploy_rollback_total 0\n"), "{}", prom());
+
+    // Back to the first commit: a rollback, said, recorded and counted.
+    git(f.repo.path(), &["checkout", "-q", &first]);
+    let out = f.deploy(&evidence_for(&first, "a2.json")).arg("--format").arg("json").assert().success();
+    assert_eq!(json_of(&out.get_output().stdout)["rollback"], true);
+    assert_eq!(
+        (last_entry()["rollback"].as_bool(), last_entry()["previous_commit"].as_str()),
+        (Some(true), Some(second.as_str()))
+    );
+    let text = prom();
+    assert!(text.contains("# TYPE deploy_rollback_total counter\ndeploy_rollback_total 1\n"), "{text}");
+    assert!(text.contains("deploy_total 4\n"), "{text}");
+    // Every series ops/metrics.toml says `autobiz deploy` exports is in the file.
+    let exported = common::exported_metrics("deploy");
+    assert!(!exported.is_empty());
+    for name in exported {
+        assert!(text.contains(&format!("# TYPE {name} ")), "ops/metrics.toml: {name} is exported, but not in\n{text}");
+    }
+    // A plain-text deploy says so too.
+    git(f.repo.path(), &["checkout", "-q", &second]);
+    f.deploy(&b).assert().success();
+    git(f.repo.path(), &["checkout", "-q", &first]);
+    f.deploy(&evidence_for(&first, "a3.json"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("a rollback to an earlier commit"));
+}

@@ -346,7 +346,7 @@ fn p1_or06_rules_and_panels_read_only_series_of_the_metrics_contract() {
     assert_eq!(names.len(), contract.len(), "metric names are unique");
     for m in &contract {
         assert!(matches!(m.kind.as_str(), "counter" | "gauge" | "histogram"), "{}: type {}", m.name, m.kind);
-        assert!(matches!(m.exporter.as_str(), "serve" | "soak"), "{}: exporter {}", m.name, m.exporter);
+        assert!(matches!(m.exporter.as_str(), "serve" | "soak" | "deploy"), "{}: exporter {}", m.name, m.exporter);
         assert_eq!(
             m.kind == "counter",
             m.name.ends_with("_total"),

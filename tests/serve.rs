@@ -69,6 +69,11 @@ impl Env {
     }
 
     fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_with(extra, &[])
+    }
+
+    /// `serve` with more environment (set last: it wins over the defaults).
+    fn serve_with(&self, extra: &[&str], env: &[(&str, String)]) -> Server {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("autobiz"));
         cmd.current_dir(self.dir.path())
             .env_clear()
@@ -83,6 +88,7 @@ impl Env {
             .args(["--database-url", self.db.kernel_url(), "--config", common::EXAMPLE, "serve"])
             .args(["--bind", "127.0.0.1:0", "--tenants", "acme,beta", "--max-body", &MAX_BODY.to_string()])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap();
@@ -324,6 +330,15 @@ async fn duplicate_storm(db: TestDatabase) {
     assert_eq!(runs[0].event["order_id"], "1001");
     assert_eq!(server.metric("workflow_started_total").await, 1);
     assert_eq!(server.metric("event_duplicate_total").await, 999);
+    // The run ended (the providers are unreachable here): one completion,
+    // by its status, and one cost observation (P1-OR06's series).
+    let status = autobiz_kernel::run::RunStatus::parse(&runs[0].status).unwrap();
+    assert!(status.is_terminal(), "{status:?}");
+    let (_, text) = server.get("/metrics", &[]).await;
+    let line =
+        format!("workflow_completion_total{{tenant=\"acme\",workflow=\"WF01\",status=\"{}\"}} 1", status.as_str());
+    assert!(text.contains(&line), "{line} not in\n{text}");
+    assert_eq!(server.metric("run_cost_histogram_count").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,4 +630,96 @@ async fn p1_t39_reconcile_list_shows_the_routed_event() {
         .stdout
         .clone();
     assert!(String::from_utf8_lossy(&out).contains("no reconciliation cases"), "tenants apart");
+}
+
+/// The detector on its schedule inside `autobiz serve`: a charge and a
+/// refund made at Stripe without receipts here are financial drift, found
+/// by a scheduled pass, counted once each in `drift_case_opened_total`, open
+/// in `reconciliation_open_cases` and sent to a human (never repaired);
+/// later passes open nothing again; a tenant without provider credentials fails
+/// its own pass without stopping acme's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p1_t_rk02d_serve_detector_finds_financial_drift_on_its_schedule_and_exports_it() {
+    let env = Env::new(TestDatabase::sqlite()).await;
+    for (name, value) in [
+        ("STRIPE_SECRET_KEY", "sk_test_serve"),
+        ("SHOPIFY_ACCESS_TOKEN", "shpat_serve"),
+        ("PRINTFUL_API_TOKEN", "pf-serve"),
+    ] {
+        common::autobiz(env.dir.path())
+            .env("AUTOBIZ_MASTER_KEY", &env.master)
+            .env("AUTOBIZ_SECRETS_FILE", &env.secrets)
+            .args(["--database-url", env.db.kernel_url(), "--tenant", "acme", "secrets", "set", name])
+            .write_stdin(value)
+            .assert()
+            .success();
+    }
+    let fakes = autobiz_fakes::Fakes::start().await;
+    // A charge and a partial refund made at Stripe directly (the dashboard).
+    let http = reqwest::Client::new();
+    let pi: serde_json::Value = http
+        .post(format!("{}/v1/payment_intents", fakes.stripe.uri()))
+        .bearer_auth("sk_test_serve")
+        .form(&[("amount", "2500"), ("currency", "usd"), ("payment_method", "pm_card_visa"), ("confirm", "true")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pi_id = pi["id"].as_str().unwrap().to_owned();
+    let refund = http
+        .post(format!("{}/v1/refunds", fakes.stripe.uri()))
+        .bearer_auth("sk_test_serve")
+        .form(&[("payment_intent", pi_id.as_str()), ("amount", "500")])
+        .send()
+        .await
+        .unwrap();
+    assert!(refund.status().is_success(), "{}", refund.text().await.unwrap());
+    let urls = vec![
+        ("AUTOBIZ_STRIPE_URL", fakes.stripe.uri()),
+        ("AUTOBIZ_SHOPIFY_URL", fakes.shopify.uri()),
+        ("AUTOBIZ_PRINTFUL_URL", fakes.printful.uri()),
+    ];
+    let server = env.serve_with(&["--reconcile-every", "200ms"], &urls);
+    let (_, text) = server.get("/metrics", &[]).await;
+    for series in [
+        "drift_case_opened_total{tenant=\"acme\",kind=\"financial\"} 0",
+        "reconciliation_open_cases{tenant=\"acme\",kind=\"financial\"} 0",
+    ] {
+        assert!(text.contains(series), "before the first pass: {series} not in\n{text}");
+    }
+    eventually("a pass opened the two cases", || async { server.metric("drift_case_opened_total").await == 2 }).await;
+    let acme = ctx("acme");
+    let cases = env.store.reconciliation_cases(&acme).await.unwrap();
+    let mut kinds: Vec<&str> = cases.iter().map(|c| c.kind.as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["stripe_capture_missing_receipt", "stripe_refund_missing_receipt"], "{cases:?}");
+    let entity = format!("payment_intent:{pi_id}");
+    assert!(cases.iter().all(|c| c.entity_id.as_deref() == Some(entity.as_str())), "{cases:?}");
+    eventually("both cases went to a human", || async {
+        env.store.reconciliation_cases(&acme).await.unwrap().iter().all(|c| c.status == "AWAITING_HUMAN")
+    })
+    .await;
+    // Several more passes: nothing opened twice, nothing repaired.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, text) = server.get("/metrics", &[]).await;
+    for series in [
+        "drift_case_opened_total{tenant=\"acme\",kind=\"financial\"} 2",
+        "drift_case_opened_total{tenant=\"acme\",kind=\"non_financial\"} 0",
+        "reconciliation_open_cases{tenant=\"acme\",kind=\"financial\"} 2",
+        "drift_case_opened_total{tenant=\"beta\",kind=\"financial\"} 0",
+        "hitl_pending_requests{tenant=\"acme\"} 2",
+    ] {
+        assert!(text.contains(series), "{series} not in\n{text}");
+    }
+    assert_eq!(env.store.reconciliation_cases(&acme).await.unwrap().len(), 2);
+    assert_eq!(fakes.stripe.refunds().len(), 1, "financial drift is never repaired by the detector");
+    // Without the detector (--reconcile-every 0s) nothing is asked of Stripe.
+    drop(server);
+    let asked = fakes.stripe.requests_for("/v1/payment_intents").len();
+    let quiet = env.serve_with(&["--reconcile-every", "0s"], &urls);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(fakes.stripe.requests_for("/v1/payment_intents").len(), asked);
+    assert_eq!(quiet.metric("drift_case_opened_total").await, 0);
 }

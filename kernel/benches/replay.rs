@@ -116,59 +116,101 @@ fn main() {
 
     // `REPLAY_BENCH_ROUNDS=1` for a profiler run (callgrind, perf).
     let rounds = std::env::var("REPLAY_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0).unwrap_or(7);
-    let mut floor = Vec::new();
-    let mut figure = Vec::new();
-    // CPU time of this thread per phase, summed over the rounds: on a shared
-    // machine the wall clock also counts the time other processes held the
-    // cores; the CPU time does not.
-    let (mut cpu_floor, mut cpu_figure) = (Duration::ZERO, Duration::ZERO);
+    // Per phase, the wall time of each round and the CPU time summed over
+    // the rounds: on a shared machine the wall clock also counts the time
+    // other processes held the cores; the CPU time does not. The CPU time
+    // is the whole process's (replay hashes on a second thread), beside
+    // this thread's.
+    let mut phases: [Phase; 3] = Default::default();
+    let [floor, figure, only] = &mut phases;
     for _ in 0..rounds {
-        let (t, c) = (Instant::now(), thread_cpu());
-        let transcript = Transcript::parse(&text).unwrap();
-        floor.push(t.elapsed());
-        let (t, c2) = (Instant::now(), thread_cpu());
-        cpu_floor += c2.saturating_sub(c);
-        let transcript2 = Transcript::parse(&text).unwrap();
-        let out = replay(&transcript2, &wf, exec.registry(), "bench").unwrap();
-        figure.push(t.elapsed());
-        cpu_figure += thread_cpu().saturating_sub(c2);
+        // The floor: read and check the transcript (parse every line,
+        // check version, sequence and chain), replaying nothing.
+        let transcript = floor.time(|| Transcript::parse(&text).unwrap());
+        // The figure, as `autobiz replay` does it: read, then replay; and
+        // within it, for information, the replay alone.
+        let out = figure.time(|| {
+            let transcript = Transcript::parse(&text).unwrap();
+            only.time(|| replay(&transcript, &wf, exec.registry(), "bench").unwrap())
+        });
         assert!(matches!(out, ReplayOutcome::Identical(_)), "{out:?}");
         std::hint::black_box(transcript);
     }
-    floor.sort();
-    figure.sort();
-    let (floor, figure) = (floor[rounds / 2], figure[rounds / 2]);
-    let rate = STEPS as f64 / figure.as_secs_f64();
+    let [floor, figure, only] = phases.map(|p| p.summary(rounds));
+    let rate = STEPS as f64 / figure.wall.as_secs_f64();
     println!(
-        "replay of a {STEPS}-step transcript ({lines} lines, {} KiB), medians of {rounds} rounds, allocator {ALLOCATOR}:",
-        text.len() / 1024
+        "replay of a {STEPS}-step transcript ({lines} lines, {} KiB), medians of {rounds} rounds, allocator {ALLOCATOR}, load {}:",
+        text.len() / 1024,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or("?")
     );
+    println!("  wall time (median); CPU time (mean, 10 ms ticks) of the process and of the bench thread");
     println!(
-        "  read + replay     : {:>8.1} ms  ({:.0} steps/s)   target >= 100,000 steps/s (< 100 ms): {}",
-        figure.as_secs_f64() * 1e3,
-        rate,
+        "  read + replay    : {:>7.1} ms wall, CPU {:>6.1} ms process, {:>6.1} ms thread  ({rate:.0} steps/s)   target >= 100,000 steps/s (< 100 ms wall): {}",
+        ms(figure.wall),
+        ms(figure.process),
+        ms(figure.thread),
         if rate >= 100_000.0 { "met" } else { "NOT met" }
     );
     println!(
-        "  floor, read only  : {:>8.1} ms  (parse every line, check the chain; replay costs {:.2}x the read)",
-        floor.as_secs_f64() * 1e3,
-        figure.as_secs_f64() / floor.as_secs_f64()
+        "  floor, read only : {:>7.1} ms wall, CPU {:>6.1} ms process, {:>6.1} ms thread  (parse, check the chain; read + replay costs {:.2}x the read)",
+        ms(floor.wall),
+        ms(floor.process),
+        ms(floor.thread),
+        figure.wall.as_secs_f64() / floor.wall.as_secs_f64()
     );
-    let (cpu_floor, cpu_figure) = (cpu_floor / rounds as u32, cpu_figure / rounds as u32);
     println!(
-        "  CPU time, mean    : {:>8.1} ms read + replay, {:.1} ms read only (this thread, 10 ms ticks; load {})",
-        cpu_figure.as_secs_f64() * 1e3,
-        cpu_floor.as_secs_f64() * 1e3,
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or("?")
+        "  replay only      : {:>7.1} ms wall, CPU {:>6.1} ms process, {:>6.1} ms thread  (of read + replay: the transcript already read; information, not the target)",
+        ms(only.wall),
+        ms(only.process),
+        ms(only.thread)
     );
 }
 
-/// CPU time (user + system) this thread has used, from
-/// `/proc/thread-self/stat` in clock ticks (USER_HZ, 100 on Linux); zero
-/// where that file does not exist.
-fn thread_cpu() -> Duration {
+/// One phase: the wall time of each round, the CPU time of all rounds.
+#[derive(Default)]
+struct Phase {
+    walls: Vec<Duration>,
+    process: Duration,
+    thread: Duration,
+}
+
+/// Median wall time, mean CPU times.
+struct Summary {
+    wall: Duration,
+    process: Duration,
+    thread: Duration,
+}
+
+impl Phase {
+    fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let (t, p, c) = (Instant::now(), cpu("/proc/self/stat"), cpu("/proc/thread-self/stat"));
+        let out = f();
+        self.walls.push(t.elapsed());
+        self.process += cpu("/proc/self/stat").saturating_sub(p);
+        self.thread += cpu("/proc/thread-self/stat").saturating_sub(c);
+        out
+    }
+
+    fn summary(mut self, rounds: usize) -> Summary {
+        self.walls.sort();
+        Summary {
+            wall: self.walls[rounds / 2],
+            process: self.process / rounds as u32,
+            thread: self.thread / rounds as u32,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// CPU time (user + system) of the process or thread whose `stat` file
+/// (`/proc/self/stat`, `/proc/thread-self/stat`) is `stat`, in clock ticks
+/// (USER_HZ, 100 on Linux); zero where that file does not exist.
+fn cpu(stat: &str) -> Duration {
     let ticks = || -> Option<u64> {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        let stat = std::fs::read_to_string(stat).ok()?;
         // Fields after the command name, which is in parentheses: state is
         // field 3, utime 14 and stime 15.
         let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();

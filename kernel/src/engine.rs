@@ -275,7 +275,9 @@ impl<'a> Engine<'a> {
                     break;
                 }
             };
-            let agent = spec.workflow.steps.iter().find(|s| s.id == call.step).and_then(|s| s.agent.as_ref());
+            // The step is the state's cursor: found by its index hint, not
+            // by a search through the workflow's steps (O(n²) over a run).
+            let agent = state.cursor_step(spec.workflow, &call.step).ok().and_then(|(_, s)| s.agent.as_ref());
             let mut d = Driving { spec, run: &mut run, state: &mut state, version: &mut version, transcript };
             let (result, replayed, effect, key, ended_ok) = if let Some(agent) = agent {
                 match self.agent_step(&mut d, &memo, &mut receipts, agent, &call).await? {

@@ -83,6 +83,38 @@ const SHOPIFY_CANCEL: &str = "shopify.order.cancel";
 const REFUND_TOOL: &str = "stripe.refund.create";
 const PRINTFUL_TOOLS: [&str; 3] = ["printful.order.create", "printful.order.confirm", "printful.order.cancel"];
 
+/// Whether a case's drift is about money (it goes to a human, never
+/// repaired automatically) or not: the `kind` label of the
+/// `reconciliation_open_cases` and `drift_case_opened_total` series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseClass {
+    Financial,
+    NonFinancial,
+}
+
+impl CaseClass {
+    /// The class of a case of `kind` (the kinds this module opens: Stripe
+    /// captures and refunds and Shopify cancellations are financial; tags,
+    /// Printful status and held events are not). A stored case carries only
+    /// its kind, so the class is a function of it; `handle` checks that the
+    /// drift it opens agrees.
+    pub fn of_kind(kind: &str) -> CaseClass {
+        if kind.starts_with("stripe_") || kind.starts_with("shopify_cancel") {
+            CaseClass::Financial
+        } else {
+            CaseClass::NonFinancial
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseClass::Financial => "financial",
+            CaseClass::NonFinancial => "non_financial",
+        }
+    }
+}
+
 /// Which checks need which provider.
 pub const PROVIDER_CHECKS: [&str; 3] = ["stripe", "shopify", "printful"];
 
@@ -97,6 +129,9 @@ pub struct ReconcileReport {
     pub findings: Vec<Finding>,
     /// Cases opened by this run.
     pub opened: u64,
+    /// The same cases by class (`financial`, `non_financial`), for
+    /// `drift_case_opened_total`.
+    pub opened_by_class: BTreeMap<CaseClass, u64>,
     /// Cases repaired automatically by this run.
     pub repaired: u64,
     /// Cases sent to a human by this run.
@@ -392,6 +427,12 @@ impl Reconciler {
         report: &mut ReconcileReport,
     ) -> Result<Finding> {
         let financial = d.side_effect == SideEffect::Financial;
+        debug_assert_eq!(
+            financial,
+            CaseClass::of_kind(&d.kind) == CaseClass::Financial,
+            "CaseClass::of_kind disagrees with the drift {}",
+            d.kind
+        );
         let existing = cases.iter().find(|c| c.case_id == d.case_id);
         let mut current = match existing {
             Some(c) => c.status.clone(),
@@ -411,6 +452,7 @@ impl Reconciler {
                     .await?;
                 if opened {
                     report.opened += 1;
+                    *report.opened_by_class.entry(CaseClass::of_kind(&d.kind)).or_default() += 1;
                 }
                 status::OPEN.to_owned()
             }
@@ -679,6 +721,23 @@ mod tests {
         assert_eq!(split_tags(&json!("paid, vip ,,wf01")), ["paid", "vip", "wf01"]);
         assert_eq!(split_tags(&json!(["a", "b"])), ["a", "b"]);
         assert!(split_tags(&Value::Null).is_empty());
+    }
+
+    #[test]
+    fn p1_t_rk02d_case_classes_follow_the_kinds_this_module_opens() {
+        for kind in [
+            "stripe_capture_missing_at_provider",
+            "stripe_refund_missing_receipt",
+            "stripe_refund_amount_mismatch",
+            "shopify_cancel_not_at_provider",
+        ] {
+            assert_eq!(CaseClass::of_kind(kind), CaseClass::Financial, "{kind}");
+        }
+        for kind in ["shopify_tags_missing", "printful_status_differs", EVENT_CASE_KIND] {
+            assert_eq!(CaseClass::of_kind(kind), CaseClass::NonFinancial, "{kind}");
+        }
+        assert_eq!(CaseClass::of_kind(&refund_drift("pi_1", 0, Some(1)).kind), CaseClass::Financial);
+        assert_eq!(serde_json::to_value(CaseClass::NonFinancial).unwrap(), "non_financial");
     }
 
     #[test]

@@ -23,10 +23,13 @@ use std::collections::HashMap;
 use crate::engine::transition;
 use crate::llm::AgentStep;
 use crate::llm::agent::{Dialogue, Turn};
-use crate::run::{Command, Patch, RunState, StepCall, StepKey, StepOutcome, receipt_digest, step_key};
+use crate::run::{
+    Command, Patch, RunState, StepCall, StepKey, StepOutcome, canonical_sha256, receipt_digest, receipt_digest_of,
+    step_key, step_key_of,
+};
 use crate::tenant::TenantId;
 use crate::trace::TracedError;
-use crate::transcript::{Entry, ReceiptDigest, Transcript};
+use crate::transcript::{Entry, Line, ReceiptDigest, Transcript};
 use crate::workflow::AgentSpec;
 use crate::workflow::Workflow;
 
@@ -91,24 +94,100 @@ pub fn replay(
         ));
     }
     let resumes = transcript.entries().any(|e| matches!(e, Entry::Resumed { .. }));
-    let mut r = Replayer::new(workflow, registry, tenant, run_id, event, resumes)?;
-    for line in transcript.lines.iter().skip(1) {
-        if let Err(d) = r.take(line.seq + 1, &line.entry)? {
-            return Ok(ReplayOutcome::Diverged(d));
+    std::thread::scope(|scope| {
+        let mut r = Replayer::new(workflow, registry, tenant, run_id, event, resumes)?;
+        // A long transcript's canonical hashes are computed ahead on a
+        // second thread while this one re-runs the workflow; the replayer
+        // owns the receiving end, so once it is dropped (the replay ended,
+        // diverged or failed) the hashing stops at its next result.
+        if transcript.lines.len() >= HASH_AHEAD_MIN_LINES {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let tenant = r.tenant.clone();
+            scope.spawn(move || hash_ahead(&transcript.lines, workflow, &tenant, &tx));
+            r.ahead = Some(Ahead { rx, peeked: None });
+        }
+        for line in transcript.lines.iter().skip(1) {
+            if let Err(d) = r.take(line.seq + 1, &line.entry)? {
+                return Ok(ReplayOutcome::Diverged(d));
+            }
+        }
+        r.ahead = None;
+        let termination = r.state.termination.unwrap_or(Termination::Completed);
+        Ok(ReplayOutcome::Identical(Replayed {
+            run_id: run_id.clone(),
+            workflow: workflow.id.clone(),
+            steps: r.steps,
+            termination,
+            state_sha256: match r.state_sha256.take() {
+                Some(hash) => hash,
+                None => r.state.hash()?,
+            },
+            receipts: r.receipts.len(),
+        }))
+    })
+}
+
+/// Below this many lines a replay hashes on its own thread only (starting
+/// a thread costs more than it saves).
+const HASH_AHEAD_MIN_LINES: usize = 256;
+
+/// A hash computed ahead from a recorded line: what replay would compute
+/// from the same values when it reaches the line. Replay takes it only
+/// where it has checked that its own call is the recorded one (same step,
+/// visit, tool, version and input), and the output it hashes is the
+/// recorded one, so the hash is the one it would compute itself.
+enum Hashed {
+    /// The idempotency key and request hash of a side effect's request.
+    Key(Result<StepKey>),
+    /// [`canonical_sha256`] of a successful response's recorded output.
+    Response(Result<String>),
+}
+
+/// The receiving end of [`hash_ahead`], in line order.
+struct Ahead {
+    rx: std::sync::mpsc::Receiver<(u64, Hashed)>,
+    /// A result for a later line than the one asked for.
+    peeked: Option<(u64, Hashed)>,
+}
+
+impl Ahead {
+    /// The hash computed for `line`, if any (results for earlier lines that
+    /// replay did not need are dropped).
+    fn take(&mut self, line: u64) -> Option<Hashed> {
+        loop {
+            let (at, hashed) = match self.peeked.take() {
+                Some(p) => p,
+                None => self.rx.recv().ok()?,
+            };
+            if at == line {
+                return Some(hashed);
+            }
+            if at > line {
+                self.peeked = Some((at, hashed));
+                return None;
+            }
         }
     }
-    let termination = r.state.termination.unwrap_or(Termination::Completed);
-    Ok(ReplayOutcome::Identical(Replayed {
-        run_id: run_id.clone(),
-        workflow: workflow.id.clone(),
-        steps: r.steps,
-        termination,
-        state_sha256: match r.state_sha256.take() {
-            Some(hash) => hash,
-            None => r.state.hash()?,
-        },
-        receipts: r.receipts.len(),
-    }))
+}
+
+/// Compute, in line order, the step key of every side effect's request and
+/// the hash of every successful side effect's output, until the replay
+/// stops listening.
+fn hash_ahead(lines: &[Line], workflow: &Workflow, tenant: &TenantId, tx: &std::sync::mpsc::Sender<(u64, Hashed)>) {
+    for line in lines {
+        let hashed = match &line.entry {
+            Entry::ToolRequest { step, visit, tool, version, input, idempotency_key: Some(_), .. } => {
+                Hashed::Key(step_key_of(tenant, workflow, step, *visit, tool, version, input))
+            }
+            Entry::ToolResponse { outcome: StepOutcome::Ok { output }, effect: true, .. } => {
+                Hashed::Response(canonical_sha256(output))
+            }
+            _ => continue,
+        };
+        if tx.send((line.seq + 1, hashed)).is_err() {
+            return;
+        }
+    }
 }
 
 /// The receipts a partial history (a crashed run's transcript so far)
@@ -175,6 +254,8 @@ struct Replayer<'a> {
     /// The side effect of each tool version looked up so far (a registry
     /// lookup builds its key; a run calls few tools many times).
     side_effects: Vec<(&'a str, &'a str, SideEffect)>,
+    /// Hashes computed ahead on another thread, for a long transcript.
+    ahead: Option<Ahead>,
 }
 
 type Step = std::result::Result<(), Divergence>;
@@ -204,6 +285,7 @@ impl<'a> Replayer<'a> {
             steps: 0,
             state_sha256: None,
             side_effects: Vec::new(),
+            ahead: None,
         })
     }
 
@@ -332,6 +414,11 @@ impl<'a> Replayer<'a> {
         Ok(self.diverged_at(line, at, "agent_output", json!(recorded), actual))
     }
 
+    /// The hash [`hash_ahead`] computed for `line`, if it runs.
+    fn ahead_of(&mut self, line: u64) -> Option<Hashed> {
+        self.ahead.as_mut()?.take(line)
+    }
+
     /// Does `tool@version` have a side effect? Unknown tools count as one.
     fn has_effect(&mut self, tool: &str, version: &str) -> bool {
         if let Some((_, _, s)) = self.side_effects.iter().find(|(t, v, _)| *t == tool && *v == version) {
@@ -396,7 +483,10 @@ impl<'a> Replayer<'a> {
                 }
                 let key = match idempotency_key {
                     Some(recorded) => {
-                        let ours = step_key(&self.tenant, self.workflow, &call)?;
+                        let ours = match self.ahead_of(line) {
+                            Some(Hashed::Key(key)) => key?,
+                            _ => step_key(&self.tenant, self.workflow, &call)?,
+                        };
                         if recorded != ours.key.external() {
                             let actual = json!(ours.key.external());
                             return Ok(self.diverged(line, "idempotency_key", json!(recorded), actual));
@@ -448,7 +538,11 @@ impl<'a> Replayer<'a> {
                         Some(key) => key,
                         None => step_key(&self.tenant, self.workflow, &call)?,
                     };
-                    self.pending_receipts.push(receipt_digest(&call, &key, output)?);
+                    let response_sha256 = match self.ahead_of(line) {
+                        Some(Hashed::Response(hash)) => hash?,
+                        _ => canonical_sha256(output)?,
+                    };
+                    self.pending_receipts.push(receipt_digest_of(&call, &key, response_sha256));
                 }
                 self.committed();
                 Ok(())

@@ -165,7 +165,7 @@ impl StepCall {
 
     /// [`StepCall::step_key`], borrowed from the step for a first visit.
     fn step_key_ref(&self) -> std::borrow::Cow<'_, str> {
-        if self.visit <= 1 { self.step.as_str().into() } else { format!("{}#{}", self.step, self.visit).into() }
+        visit_key(&self.step, self.visit)
     }
 }
 
@@ -543,34 +543,53 @@ pub struct StepKey {
     pub request_sha256: String,
 }
 
+/// The step as the idempotency key names it: `charge` for the first visit,
+/// `charge#2` for the second...
+fn visit_key(step: &str, visit: u32) -> std::borrow::Cow<'_, str> {
+    if visit <= 1 { step.into() } else { format!("{step}#{visit}").into() }
+}
+
 /// [`StepKey`] of `call`.
 pub fn step_key(tenant: &TenantId, workflow: &Workflow, call: &StepCall) -> Result<StepKey> {
-    let parts = KeyParts {
-        tenant,
-        workflow: &workflow.id,
-        step: &call.step_key_ref(),
-        tool: &call.tool,
-        tool_version: &call.version,
-        input: &call.input,
-    };
+    step_key_of(tenant, workflow, &call.step, call.visit, &call.tool, &call.version, &call.input)
+}
+
+/// [`step_key`] of the call of `step`'s visit `visit` to `tool@version`
+/// with `input`, from borrowed parts (a recorded request's, in replay).
+pub fn step_key_of(
+    tenant: &TenantId,
+    workflow: &Workflow,
+    step: &str,
+    visit: u32,
+    tool: &str,
+    version: &str,
+    input: &Value,
+) -> Result<StepKey> {
+    let parts =
+        KeyParts { tenant, workflow: &workflow.id, step: &visit_key(step, visit), tool, tool_version: version, input };
     Ok(StepKey {
         key: IdempotencyKey::derive(&parts)?,
-        request_sha256: crate::idempotency::request_fingerprint(&call.input)?,
+        request_sha256: crate::idempotency::request_fingerprint(input)?,
     })
 }
 
 /// What the receipt of `call`'s side effect proves, computed the same way
 /// by a live run and by its replay.
 pub fn receipt_digest(call: &StepCall, key: &StepKey, output: &Value) -> Result<ReceiptDigest> {
-    Ok(ReceiptDigest {
+    Ok(receipt_digest_of(call, key, canonical_sha256(output)?))
+}
+
+/// [`receipt_digest`] with the output's hash ([`canonical_sha256`]) given.
+pub fn receipt_digest_of(call: &StepCall, key: &StepKey, response_sha256: String) -> ReceiptDigest {
+    ReceiptDigest {
         step: call.step.clone(),
         visit: call.visit,
         tool: call.tool.clone(),
         version: call.version.clone(),
         external_key: key.key.external().to_owned(),
         request_sha256: key.request_sha256.clone(),
-        response_sha256: canonical_sha256(output)?,
-    })
+        response_sha256,
+    }
 }
 
 /// SHA-256 (hex) of `value`'s RFC 8785 canonical form: the one hash used for

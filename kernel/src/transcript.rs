@@ -505,52 +505,111 @@ fn read_lines(path: &Path) -> Result<(Vec<Line>, String)> {
     parse_lines(text, &name)
 }
 
+/// Below this size a transcript is read on one thread.
+const PARALLEL_READ_MIN_BYTES: usize = 256 * 1024;
+
 fn parse_lines(text: &str, name: &str) -> Result<(Vec<Line>, String)> {
+    let hex = |digest: Option<[u8; 32]>| digest.map(hex::encode).unwrap_or_default();
+    // A long transcript is read in two halves, split after a line, on two
+    // threads; the link between them (the second half's first `prev`) is
+    // checked once both are read, before any error of the second half, so
+    // the first bad line is the one reported, as when read in one pass.
+    let mid = text.len() / 2;
+    let split = text[mid..].find('\n').map(|i| mid + i + 1).filter(|at| *at < text.len());
+    let Some(at) = split.filter(|_| text.len() >= PARALLEL_READ_MIN_BYTES) else {
+        let (lines, last, read) = parse_part(text, 0, name, true);
+        read?;
+        return Ok((lines, hex(last)));
+    };
+    let (head, tail) = text.split_at(at);
+    // Every line of the head ends with a newline.
+    let first = head.bytes().filter(|b| *b == b'\n').count();
+    let (a, b) = std::thread::scope(|scope| {
+        let b = scope.spawn(|| parse_part(tail, first, name, false));
+        let a = parse_part(head, 0, name, true);
+        (a, b.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    let (mut lines, head_last, read) = a;
+    read?;
+    let (tail_lines, tail_last, read) = b;
+    if let Some(line) = tail_lines.first() {
+        check_link(line, head_last.as_ref(), name, first + 1)?;
+    }
+    read?;
+    lines.extend(tail_lines);
+    Ok((lines, hex(tail_last.or(head_last))))
+}
+
+/// The lines of `text`, the part of a transcript that starts at line index
+/// `first`, each parsed and checked, up to the first bad one (whose error
+/// comes third), and the digest of the last line read. Each line's `prev`
+/// is checked against the line before it; the part's first line's only when
+/// `start` (it is then the transcript's first line), else by the caller.
+fn parse_part(text: &str, first: usize, name: &str, start: bool) -> (Vec<Line>, Option<[u8; 32]>, Result<()>) {
     let mut out: Vec<Line> = Vec::with_capacity(text.len() / 256);
     // The previous line's digest (none before the first line), compared
     // with each line's `prev` without building a hex string per line.
     let mut prev: Option<[u8; 32]> = None;
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in text.lines().enumerate().map(|(i, raw)| (first + i, raw)) {
         let n = i + 1;
-        if raw.trim().is_empty() {
-            return Err(Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: empty line")));
-        }
-        // The common case in one pass; on any error, look at the version
-        // before the shape, so another format is named as such rather than
-        // as garbage.
-        let line = match serde_json::from_str::<Line>(raw) {
-            Ok(line) if line.v == TRANSCRIPT_VERSION => line,
-            _ => diagnose(raw, name, n)?,
+        let line = match parse_line(raw, name, i) {
+            Ok(line) => line,
+            Err(e) => return (out, prev, Err(e)),
         };
-        if line.seq != i as u64 {
-            return Err(Error::new(
-                ErrorCode::TranscriptCorrupt,
-                format!(
-                    "{name} line {n}: sequence number {} where {} was due (a line was dropped or moved)",
-                    line.seq, i
-                ),
-            ));
-        }
-        let chained = match &prev {
-            None => line.prev.is_empty(),
-            Some(digest) => {
-                let mut claimed = [0u8; 32];
-                // Lowercase only, as written: one spelling per chain.
-                !line.prev.bytes().any(|b| b.is_ascii_uppercase())
-                    && hex::decode_to_slice(&line.prev, &mut claimed).is_ok()
-                    && &claimed == digest
-            }
-        };
-        if !chained {
-            return Err(Error::new(
-                ErrorCode::TranscriptCorrupt,
-                format!("{name} line {n}: the chain is broken (the previous line was changed)"),
-            ));
+        if (i > first || start)
+            && let Err(e) = check_link(&line, prev.as_ref(), name, n)
+        {
+            return (out, prev, Err(e));
         }
         prev = Some(Sha256::digest(raw.as_bytes()).into());
         out.push(line);
     }
-    Ok((out, prev.map(hex::encode).unwrap_or_default()))
+    (out, prev, Ok(()))
+}
+
+/// Line index `i` (`raw`) parsed, its version known, its sequence number
+/// checked.
+fn parse_line(raw: &str, name: &str, i: usize) -> Result<Line> {
+    let n = i + 1;
+    if raw.trim().is_empty() {
+        return Err(Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: empty line")));
+    }
+    // The common case in one pass; on any error, look at the version
+    // before the shape, so another format is named as such rather than
+    // as garbage.
+    let line = match serde_json::from_str::<Line>(raw) {
+        Ok(line) if line.v == TRANSCRIPT_VERSION => line,
+        _ => diagnose(raw, name, n)?,
+    };
+    if line.seq != i as u64 {
+        return Err(Error::new(
+            ErrorCode::TranscriptCorrupt,
+            format!("{name} line {n}: sequence number {} where {} was due (a line was dropped or moved)", line.seq, i),
+        ));
+    }
+    Ok(line)
+}
+
+/// Line `n`'s `prev` is the digest of the line before it (`None`: it is
+/// the first line, whose `prev` is empty).
+fn check_link(line: &Line, before: Option<&[u8; 32]>, name: &str, n: usize) -> Result<()> {
+    let chained = match before {
+        None => line.prev.is_empty(),
+        Some(digest) => {
+            let mut claimed = [0u8; 32];
+            // Lowercase only, as written: one spelling per chain.
+            !line.prev.bytes().any(|b| b.is_ascii_uppercase())
+                && hex::decode_to_slice(&line.prev, &mut claimed).is_ok()
+                && &claimed == digest
+        }
+    };
+    if chained {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorCode::TranscriptCorrupt,
+        format!("{name} line {n}: the chain is broken (the previous line was changed)"),
+    ))
 }
 
 /// Why a line does not parse: truncated, a newer format, or garbage.
@@ -600,6 +659,11 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<String> {
+        with_clocks(|w| w.lines().len() < 2)
+    }
+
+    /// run_start, `clock` lines while `more`, run_end.
+    fn with_clocks(more: impl Fn(&TranscriptWriter) -> bool) -> Vec<String> {
         let mut w = TranscriptWriter::memory();
         w.write(Entry::RunStart {
             run_id: "r1".into(),
@@ -611,7 +675,9 @@ mod tests {
             event: json!({"order": "1"}),
         })
         .unwrap();
-        w.write(Entry::Clock { at: DateTime::from_timestamp(1_700_000_000, 0).unwrap() }).unwrap();
+        while more(&w) {
+            w.write(Entry::Clock { at: DateTime::from_timestamp(1_700_000_000, 0).unwrap() }).unwrap();
+        }
         w.write(Entry::RunEnd {
             status: RunStatus::Completed,
             termination: Termination::Completed,
@@ -637,6 +703,42 @@ mod tests {
         let e = Transcript::parse(&lines.join("\n")).unwrap_err();
         assert_eq!(e.code(), ErrorCode::TranscriptCorrupt, "{e}");
         assert!(e.message().contains("line 3"), "{e}");
+    }
+
+    /// A transcript long enough to be read on two threads.
+    fn long() -> Vec<String> {
+        with_clocks(|w| w.lines().iter().map(String::len).sum::<usize>() < 2 * PARALLEL_READ_MIN_BYTES)
+    }
+
+    #[test]
+    fn inv06_a_long_transcript_read_in_two_halves_reports_the_first_bad_line() {
+        let lines = long();
+        let t = Transcript::parse(&lines.join("\n")).unwrap();
+        assert_eq!(t.lines.len(), lines.len());
+        assert!(t.lines.iter().enumerate().all(|(i, l)| l.seq == i as u64));
+        // An edited line breaks the link of the next, wherever the halves
+        // meet; of two edits, the first is reported.
+        let middle = lines.len() / 2;
+        for i in middle - 3..middle + 3 {
+            let mut edited = lines.clone();
+            edited[i] = edited[i].replace("22:13:20", "22:13:21");
+            let e = Transcript::parse(&edited.join("\n")).unwrap_err();
+            assert!(e.message().contains(&format!("line {}: the chain", i + 2)), "{i}: {e}");
+            edited[lines.len() - 5] = edited[lines.len() - 5].replace("22:13:20", "22:13:21");
+            let e = Transcript::parse(&edited.join("\n")).unwrap_err();
+            assert!(e.message().contains(&format!("line {}: the chain", i + 2)), "{i}: {e}");
+            // A dropped line is named where it is missing.
+            let mut dropped = lines.clone();
+            dropped.remove(i);
+            let e = Transcript::parse(&dropped.join("\n")).unwrap_err();
+            assert!(e.message().contains(&format!("line {}: sequence number", i + 1)), "{i}: {e}");
+        }
+        // The digest a resumed writer chains on is the last line's.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let (_, last) = read_lines(&path).unwrap();
+        assert_eq!(last, sha256_hex(lines.last().unwrap().as_bytes()));
     }
 
     #[test]

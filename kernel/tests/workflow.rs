@@ -331,6 +331,51 @@ mod replay {
         assert_eq!(Transcript::parse(&edited).unwrap_err().code(), ErrorCode::TranscriptCorrupt);
     }
 
+    /// `n` notification steps, each a side effect with its own key and receipt.
+    fn mailing(n: usize) -> Workflow {
+        let steps = (0..n)
+            .map(|i| step(&format!("m{i}"), "mail.send", json!({"to": "$.event.to", "template": format!("t{i}")})));
+        Workflow { id: "WF01".into(), name: "Mailing".into(), steps: steps.collect() }
+    }
+
+    #[tokio::test]
+    async fn p1_t15_a_long_replay_checks_every_key_and_receipt_hashed_ahead() {
+        // Long enough for replay to hash on a second thread.
+        let (s, wf) = (shop_with(false, None), mailing(200));
+        let spec = RunSpec {
+            workflow: &wf,
+            ctx: ctx(),
+            run_id: "run-long".into(),
+            bounds: Bounds { max_steps: 1_000, max_tool_calls: 1_000, ..bounds() },
+            event: json!({"to": "ann@example.com"}),
+            pins: json!({}),
+            config_hash: CONFIG.into(),
+        };
+        let mut w = TranscriptWriter::memory();
+        let report = Engine::new(&s.exec).run(&spec, &mut w).await.unwrap();
+        let text = w.lines().join("\n");
+        assert!(text.lines().count() > 400);
+        let ReplayOutcome::Identical(r) = replayed(&s, &wf, &text) else { panic!("diverged") };
+        assert_eq!((r.state_sha256, r.receipts), (report.state_sha256.clone(), 200));
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() as u64 + 1;
+        // A late request's key, a late response's output, a receipt: each
+        // forged (and re-chained) is found.
+        let key = &report.receipts[150].external_key;
+        let forged =
+            rechain(&text.replacen(&format!("\"idempotency_key\":\"{key}\""), "\"idempotency_key\":\"autobiz:0\"", 1));
+        let ReplayOutcome::Diverged(d) = replayed(&s, &wf, &forged) else { panic!("a forged key replayed") };
+        assert_eq!((d.what.as_str(), d.step.as_deref(), d.line), ("idempotency_key", Some("m150"), line_of(key)));
+        let last = text.lines().rev().nth(1).unwrap();
+        let forged_last = last.replace("\"queued\"", "\"sent\"");
+        let forged = rechain(&text.replace(last, &forged_last));
+        let ReplayOutcome::Diverged(d) = replayed(&s, &wf, &forged) else { panic!("a forged output replayed") };
+        assert_eq!(d.what, "state_hash", "{d:?}");
+        let hash = &report.receipts[199].response_sha256;
+        let forged = rechain(&text.replace(hash.as_str(), &"0".repeat(64)));
+        let ReplayOutcome::Diverged(d) = replayed(&s, &wf, &forged) else { panic!("a forged receipt replayed") };
+        assert_eq!(d.what, "receipts", "{d:?}");
+    }
+
     #[tokio::test]
     async fn p1_t15_a_changed_workflow_diverges_at_the_step_that_differs() {
         let s = shop(false);

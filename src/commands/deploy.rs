@@ -8,8 +8,12 @@
 //! code otherwise). An override, signed off by two distinct approvers, may
 //! excuse only a `fail` verdict or stale evidence, never the signature, the
 //! schema, the subjects or the tree. Every deploy that passes is appended to
-//! `.autobiz/deploys.jsonl` (evidence hash, commit, config, override) before
-//! the deploy step runs; if that record cannot be written nothing runs.
+//! `.autobiz/deploys.jsonl` (evidence hash, commit, config, override, and
+//! whether it is a rollback: a commit that is an ancestor of the previous
+//! deploy's) before the deploy step runs; if that record cannot be written
+//! nothing runs. The log's counters are then rewritten to
+//! `.autobiz/deploy.prom` (`deploy_rollback_total`, the
+//! `AutobizDeployRollback` alert's series).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +63,49 @@ fn record_deploy(entry: &serde_json::Value) -> Result<(), CliError> {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(fail)?;
     writeln!(file, "{entry}").map_err(fail)?;
     file.sync_all().map_err(fail)
+}
+
+/// The deploy counters as a Prometheus textfile (`deploy_total`,
+/// `deploy_rollback_total`), rewritten after every recorded deploy, for the
+/// node exporter's textfile collector or a push to a Pushgateway.
+pub const DEPLOY_METRICS: &str = ".autobiz/deploy.prom";
+
+/// The last recorded deploy, if the log has one that parses.
+fn previous_deploy() -> Option<serde_json::Value> {
+    let log = std::fs::read_to_string(DEPLOY_LOG).ok()?;
+    log.lines().rev().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str(l).ok())
+}
+
+/// Whether deploying `head` after `previous` goes back in history: `head`
+/// is a different commit and an ancestor of the previous deploy's commit.
+/// A previous commit this checkout does not know is not a rollback (git
+/// cannot say), nor is a first deploy or a redeploy of the same commit.
+fn is_rollback(head: &str, previous: Option<&serde_json::Value>) -> Result<bool, CliError> {
+    let Some(prev) = previous.and_then(|p| p["commit"].as_str()) else { return Ok(false) };
+    if prev == head || !prev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(false);
+    }
+    Ok(git(&["merge-base", "--is-ancestor", head, prev])?.status.success())
+}
+
+/// Rewrite [`DEPLOY_METRICS`] from the log (counters derived from an
+/// append-only log only grow). Written to a temporary file and renamed, so
+/// a collector never reads half a file. A failure is logged, not fatal: the
+/// deploy itself is recorded.
+fn write_deploy_metrics() {
+    let log = std::fs::read_to_string(DEPLOY_LOG).unwrap_or_default();
+    let entries: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let rollbacks = entries.iter().filter(|e| e["rollback"] == true).count();
+    let text = format!(
+        "# HELP deploy_total Deploys recorded by autobiz deploy\n# TYPE deploy_total counter\ndeploy_total {}\n\
+         # HELP deploy_rollback_total Deploys recorded as a rollback to an earlier commit\n\
+         # TYPE deploy_rollback_total counter\ndeploy_rollback_total {rollbacks}\n",
+        entries.len()
+    );
+    let tmp = format!("{DEPLOY_METRICS}.tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, DEPLOY_METRICS)) {
+        tracing::warn!("cannot write {DEPLOY_METRICS}: {e}");
+    }
 }
 
 /// The environment variable naming the public key file.
@@ -136,9 +183,13 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, reporter: &Reporter) -> Result
     let override_record = override_.map(
         |(approvers, reason)| serde_json::json!({ "approvers": approvers, "reason": reason, "bypassed": bypassed }),
     );
+    let previous = previous_deploy();
+    let rollback = is_rollback(&head, previous.as_ref())?;
     record_deploy(&serde_json::json!({
         "at": now.to_rfc3339(),
         "commit": head,
+        "rollback": rollback,
+        "previous_commit": previous.as_ref().and_then(|p| p["commit"].as_str()),
         "config_hash": format!("sha256:{config_digest}"),
         "evidence": args.evidence,
         "evidence_sha256": hex::encode(Sha256::digest(&bytes)),
@@ -147,6 +198,7 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, reporter: &Reporter) -> Result
         "override": override_record,
         "command": args.cmd,
     }))?;
+    write_deploy_metrics();
 
     let keyid = evidence::keyid(&key);
     tracing::info!(commit = %head, config = %config_digest, keyid = %keyid, "evidence verified");
@@ -154,12 +206,13 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, reporter: &Reporter) -> Result
         reporter.result(
             || {
                 format!(
-                    "evidence verified: commit {}, config sha256:{}, verdict {}, signed by key {}{}",
+                    "evidence verified: commit {}, config sha256:{}, verdict {}, signed by key {}{}{}",
                     abbrev(&head),
                     abbrev(&config_digest),
                     statement.verdict().unwrap_or("?"),
                     abbrev(&keyid),
-                    if bypassed.is_empty() { String::new() } else { format!(" (OVERRIDE of {})", bypassed.join(", ")) }
+                    if bypassed.is_empty() { String::new() } else { format!(" (OVERRIDE of {})", bypassed.join(", ")) },
+                    if rollback { ", a rollback to an earlier commit" } else { "" }
                 )
             },
             &serde_json::json!({
@@ -169,6 +222,7 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, reporter: &Reporter) -> Result
                 "verdict": statement.verdict(),
                 "keyid": keyid,
                 "override": !bypassed.is_empty(),
+                "rollback": rollback,
             }),
         );
         return Ok(ExitCode::SUCCESS);

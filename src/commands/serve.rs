@@ -1,7 +1,8 @@
 //! `autobiz serve`: open the store and the tenant secrets, start the event
-//! worker, listen, and stop gracefully on Ctrl-C or SIGTERM (the listener
-//! stops accepting, requests in flight finish, then the worker finishes the
-//! event in hand; an acknowledged event is already committed).
+//! worker and the reconciliation detector, listen, and stop gracefully on
+//! Ctrl-C or SIGTERM (the listener stops accepting, requests in flight
+//! finish, then the worker finishes the event in hand and the detector its
+//! pass; an acknowledged event is already committed).
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use autobiz_kernel::hitl::gate::StoreApprovals;
 use autobiz_kernel::idempotency::DEFAULT_WINDOW;
 use autobiz_kernel::ingress::{Ingress, SecretKeys};
 use autobiz_kernel::providers;
+use autobiz_kernel::reconcile::Reconciler;
 use autobiz_kernel::redaction::RedactionPolicy;
 use autobiz_kernel::secrets::{FileSecrets, MasterKey, SecretsProvider};
 use autobiz_kernel::store::Store;
@@ -26,6 +28,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::report::{CliError, Reporter};
+use crate::serve::detector::Detector;
 use crate::serve::worker::Worker;
 use crate::serve::{App, HttpCounters, router};
 
@@ -66,7 +69,11 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs, reporter: &Reporter) -> R
         stored: Arc::new(Notify::new()),
         http: HttpCounters::default(),
         breaker_metrics: Some(breakers.metrics_handle()),
+        outcomes: Default::default(),
     });
+    // The provider clients of the worker's tools and of the detector (none
+    // in a webhook-only process).
+    let providers = if args.no_worker { None } else { super::run::providers(&store)?.map(Arc::new) };
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = if args.no_worker {
         None
@@ -76,8 +83,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs, reporter: &Reporter) -> R
         let config_hash = assembly.config_hash.clone();
         let (mut exec, workflows) =
             assembly.into_executor(RedactionPolicy::default(), Arc::new(store.clone()), clock.clone());
-        if let Some(p) = super::run::providers(&store)? {
-            providers::bind_all(&mut exec, Arc::new(p))?;
+        if let Some(p) = &providers {
+            providers::bind_all(&mut exec, p.clone())?;
         }
         let exec =
             exec.with_durability(Durability { store: store.clone(), window: DEFAULT_WINDOW }).with_breakers(breakers);
@@ -98,7 +105,13 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs, reporter: &Reporter) -> R
             lease: Duration::from_secs(60),
             llm,
         };
-        Some(tokio::spawn(worker.run(app.clone(), stop_rx)))
+        Some(tokio::spawn(worker.run(app.clone(), stop_rx.clone())))
+    };
+    let detector = if args.no_worker || args.reconcile_every.is_zero() {
+        None
+    } else {
+        let detector = Detector { reconciler: Reconciler::new(store.clone(), providers), every: args.reconcile_every };
+        Some(tokio::spawn(detector.run(app.clone(), stop_rx)))
     };
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
@@ -115,8 +128,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs, reporter: &Reporter) -> R
         .await
         .map_err(|e| CliError::infrastructure("SERVE_FAILED", format!("the server stopped: {e}")));
     let _ = stop_tx.send(true);
-    if let Some(w) = worker {
-        let _ = w.await;
+    for task in [worker, detector].into_iter().flatten() {
+        let _ = task.await;
     }
     store.close().await;
     served?;

@@ -15,6 +15,8 @@
 //! * `/healthz` (the process answers), `/readyz` (the store answers and its
 //!   migrations are exactly this binary's), `/metrics` (Prometheus text).
 
+pub mod detector;
+pub mod metrics;
 pub mod worker;
 
 use std::collections::BTreeSet;
@@ -55,6 +57,8 @@ pub struct App {
     pub stored: Arc<Notify>,
     pub http: HttpCounters,
     pub breaker_metrics: Option<Arc<autobiz_kernel::breaker::BreakerMetrics>>,
+    /// Runs finished and drift cases opened by this process (`/metrics`).
+    pub outcomes: metrics::Outcomes,
 }
 
 /// Responses by class, for `/metrics`.
@@ -73,7 +77,7 @@ pub fn router(app: Arc<App>, max_body: usize) -> Router {
         .route("/hitl/{id}/{decision}", post(hitl_decide))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(axum::middleware::from_fn_with_state(app.clone(), count_responses))
@@ -294,77 +298,8 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn scrape(State(app): State<Arc<App>>) -> Response {
     let mut out = String::new();
-    render_metrics(&app, &mut out).await;
+    metrics::render(&app, &mut out).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
-}
-
-/// The Prometheus text exposition of this process's counters, the HITL and
-/// idempotency counters, and every served tenant's breaker states.
-pub async fn render_metrics(app: &App, out: &mut String) {
-    for (name, value) in app.ingress.counters().snapshot() {
-        counter(out, name, "event ingress", value);
-    }
-    out.push_str("# HELP event_rejected_total Deliveries refused, by code\n# TYPE event_rejected_total counter\n");
-    let rejected = app.ingress.counters().rejected.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for (code, n) in rejected {
-        out.push_str(&format!("event_rejected_total{{code=\"{code}\"}} {n}\n"));
-    }
-    out.push_str("# HELP http_responses_total Responses by class\n# TYPE http_responses_total counter\n");
-    for (class, c) in [("2xx", &app.http.ok), ("4xx", &app.http.client_error), ("5xx", &app.http.server_error)] {
-        out.push_str(&format!("http_responses_total{{class=\"{class}\"}} {}\n", c.load(Ordering::Relaxed)));
-    }
-    for (name, value) in autobiz_kernel::hitl::counters().snapshot() {
-        counter(out, name, "human approvals", value);
-    }
-    let idem = app.store.idempotency_stats().snapshot();
-    counter(out, "idempotency_hit_total", "side effects replayed from their stored result", idem.hits);
-    counter(out, "idempotency_miss_total", "side effects executed", idem.misses);
-    // The HITL backlog per served tenant, from the store (every process
-    // reports the same figures: alert on max, not sum across processes).
-    let mut depth = String::from(
-        "# HELP hitl_pending_requests Approval requests waiting for a decision\n# TYPE hitl_pending_requests gauge\n",
-    );
-    let mut age = String::from(
-        "# HELP hitl_oldest_pending_age_seconds Age of the oldest pending approval request\n# TYPE hitl_oldest_pending_age_seconds gauge\n",
-    );
-    let now = app.store.now();
-    for tenant in &app.tenants {
-        let ctx = context(tenant.clone(), "metrics");
-        if let Ok(pending) = app.store.hitl_list(&ctx, StatusFilter::Pending).await {
-            let oldest = pending.iter().map(|a| a.created_at).min().map_or(0, |t| (now - t).num_seconds().max(0));
-            depth.push_str(&format!("hitl_pending_requests{{tenant=\"{tenant}\"}} {}\n", pending.len()));
-            age.push_str(&format!("hitl_oldest_pending_age_seconds{{tenant=\"{tenant}\"}} {oldest}\n"));
-        }
-    }
-    out.push_str(&depth);
-    out.push_str(&age);
-    out.push_str("# HELP circuit_breaker_state 0 closed, 1 half-open, 2 open\n# TYPE circuit_breaker_state gauge\n");
-    for tenant in &app.tenants {
-        let ctx = context(tenant.clone(), "metrics");
-        if let Ok(list) = app.store.breakers(&ctx).await {
-            for b in list {
-                out.push_str(&format!(
-                    "circuit_breaker_state{{tenant=\"{tenant}\",dependency=\"{}\"}} {}\n",
-                    b.name,
-                    b.state.gauge()
-                ));
-            }
-        }
-    }
-    if let Some(m) = &app.breaker_metrics {
-        out.push_str("# HELP circuit_breaker_transition_total Breaker transitions\n# TYPE circuit_breaker_transition_total counter\n");
-        for ((dep, from, to), n) in m.transitions() {
-            out.push_str(&format!(
-                "circuit_breaker_transition_total{{dependency=\"{dep}\",from=\"{}\",to=\"{}\"}} {n}\n",
-                from.as_str(),
-                to.as_str()
-            ));
-        }
-    }
 }

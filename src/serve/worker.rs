@@ -216,8 +216,14 @@ impl Worker {
         let engine = self.engine(app, &record.workflow, &path);
         let spec = self.spec(ctx, wf, &record.run_id, record.event.clone(), record.pins.clone());
         tracing::info!(workflow = %record.workflow, run_id = %record.run_id, "event worker: resuming a run");
-        if let Err(e) = engine.resume(&spec, &history, &mut writer).await {
-            tracing::warn!(code = e.code().as_str(), run_id = %record.run_id, "event worker: resume failed: {e}");
+        match engine.resume(&spec, &history, &mut writer).await {
+            Ok(report) => {
+                app.outcomes.run_finished(ctx.tenant().as_str(), &record.workflow, report.status, report.cost)
+            }
+            Err(e) => {
+                tracing::warn!(code = e.code().as_str(), run_id = %record.run_id, "event worker: resume failed: {e}");
+                self.count_ended(app, ctx, &record.run_id, &record.workflow).await;
+            }
         }
         Ok(())
     }
@@ -285,7 +291,10 @@ impl Worker {
         let spec = self.spec(ctx, wf, run_id, workflow_event(event), pins);
         tracing::info!(workflow = workflow_id, run_id, "event worker: starting a run");
         match engine.run(&spec, &mut writer).await {
-            Ok(_) => Ok(true),
+            Ok(report) => {
+                app.outcomes.run_finished(ctx.tenant().as_str(), workflow_id, report.status, report.cost);
+                Ok(true)
+            }
             // Registered by another worker between our check and its insert.
             Err(e) if e.code() == ErrorCode::StateConflict && app.store.run_record(ctx, run_id).await?.is_some() => {
                 Ok(false)
@@ -293,9 +302,20 @@ impl Worker {
             // The run is registered and ended in error: it started.
             Err(e) if app.store.run_record(ctx, run_id).await?.is_some() => {
                 tracing::warn!(code = e.code().as_str(), run_id, "event worker: the run ended with an error: {e}");
+                self.count_ended(app, ctx, run_id, workflow_id).await;
                 Ok(true)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Count a run the engine returned an error for, by the status its
+    /// record holds (terminal ones only; its cost is not known here).
+    async fn count_ended(&self, app: &App, ctx: &TenantContext, run_id: &str, workflow: &str) {
+        if let Ok(Some(record)) = app.store.run_record(ctx, run_id).await
+            && let Some(status) = RunStatus::parse(&record.status)
+        {
+            app.outcomes.run_ended(ctx.tenant().as_str(), workflow, status);
         }
     }
 }

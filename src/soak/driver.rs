@@ -276,6 +276,7 @@ impl ServeDriver {
             stored: Arc::new(Notify::new()),
             http: HttpCounters::default(),
             breaker_metrics: Some(breaker_metrics),
+            outcomes: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -342,7 +343,7 @@ impl ServeDriver {
     /// The `/metrics` text of the soak's server (for the summary).
     pub async fn metrics(&self) -> String {
         let mut out = String::new();
-        crate::serve::render_metrics(&self.app, &mut out).await;
+        crate::serve::metrics::render(&self.app, &mut out).await;
         out
     }
 

@@ -1,4 +1,4 @@
-//! The event store (`event_store`, migrations 0001 and 0005): verified
+//! The event store (`event_store`, migrations 0001, 0005 and 0007): verified
 //! webhook events, deduplicated by `(tenant, source, provider event id)`,
 //! their place in the ordering gate, and the worker's claims.
 //!
@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Backend, Store, errors, on_tx};
+use super::{Backend, Pool, Store, errors, on_tx};
 use crate::error::Result;
 use crate::ingress::ordering::EventStatus;
 use crate::tenant::TenantContext;
@@ -156,6 +156,74 @@ const RELEASE_ARRIVED_FOR_ENTITY: &str = "UPDATE event_store SET status = 'READY
          WHERE p.tenant_id = $1 AND p.source = $3 AND p.entity_id = $4
            AND p.event_type = event_store.waiting_for AND p.status <> 'HELD')";
 
+/// The insert of [`Store::event_insert`] on SQLite, with the ordering
+/// gate's decision; `autobiz_event_insert` (migration 0007) runs the same
+/// statement on PostgreSQL. Parameters as [`bind_event!`] binds them.
+const INSERT_EVENT: &str =
+    "INSERT INTO event_store (tenant_id, source, event_type, provider_event_id, entity_id, occurred_at, payload,
+               payload_sha256, signature_valid, status, waiting_for, hold_until,
+               created_at, updated_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE,
+          CASE WHEN $9 IS NULL OR EXISTS (
+                   SELECT 1 FROM event_store p
+                    WHERE p.tenant_id = $1 AND p.source = $2 AND p.entity_id = $5 AND p.event_type = $9
+                      AND p.status <> 'HELD')
+               THEN 'READY' ELSE 'HELD' END,
+          $9, $10, $11, $11)
+  ON CONFLICT (tenant_id, source, provider_event_id) DO NOTHING
+  RETURNING id, status";
+
+/// Bind a [`NewEvent`]'s eleven parameters in the order both event inserts
+/// take them: $1 tenant, $2 source, $3 type, $4 provider event id, $5
+/// entity, $6 occurred at, $7 payload, $8 its SHA-256, $9 the predecessor
+/// type, $10 the hold deadline, $11 now.
+macro_rules! bind_event {
+    ($q:expr, $ctx:expr, $e:expr, $now:expr) => {
+        $q.bind($ctx.tenant().as_str())
+            .bind($e.source)
+            .bind($e.event_type)
+            .bind($e.provider_event_id)
+            .bind($e.entity_id)
+            .bind($e.occurred_at)
+            .bind(Json($e.payload))
+            .bind($e.payload_sha256)
+            .bind($e.waiting_for)
+            .bind($e.hold_until)
+            .bind($now)
+    };
+}
+
+/// [`Store::event_insert`] on PostgreSQL: one autocommit call of
+/// `autobiz_event_insert` (migration 0007), which sets the tenant context
+/// transaction-locally and runs the same insert and release statements as
+/// the SQLite path, under the same row-level security: one round trip
+/// instead of five (BEGIN, the tenant context, insert, release, COMMIT),
+/// the difference that matters for verified ingest on a loaded server.
+async fn event_insert_postgres(
+    pool: &sqlx::PgPool,
+    ctx: &TenantContext,
+    e: &NewEvent<'_>,
+    now: DateTime<Utc>,
+) -> Result<Admitted> {
+    let (id, status, released): (Option<i64>, Option<String>, i64) = bind_event!(
+        sqlx::query_as(
+            "SELECT o_id, o_status, o_released FROM autobiz_event_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ),
+        ctx,
+        e,
+        now
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|err| errors::map(err, "store an event"))?;
+    match (id, status) {
+        (Some(event_id), Some(status)) => {
+            Ok(Admitted::Stored { event_id, status: EventStatus::parse(&status)?, released: released as u64 })
+        }
+        _ => Ok(Admitted::Duplicate),
+    }
+}
+
 fn rows(rows: Vec<EventRow>) -> Result<Vec<StoredEvent>> {
     rows.into_iter().map(EventRow::into_event).collect()
 }
@@ -167,34 +235,13 @@ impl Store {
     /// statement, and releasing the entity's events that waited for this
     /// type commits with it.
     pub async fn event_insert(&self, ctx: &TenantContext, e: &NewEvent<'_>) -> Result<Admitted> {
+        if let Pool::Postgres(pool) = &self.pool {
+            return event_insert_postgres(pool, ctx, e, self.now()).await;
+        }
         let now = self.now();
         let tenant = ctx.tenant().as_str();
         let mut tx = self.begin(ctx).await?;
-        let inserted: Option<(i64, String)> = on_tx!(tx, c => sqlx::query_as(
-            "INSERT INTO event_store (tenant_id, source, event_type, provider_event_id, entity_id, occurred_at, payload,
-                                      payload_sha256, signature_valid, status, waiting_for, hold_until,
-                                      created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE,
-                     CASE WHEN $9 IS NULL OR EXISTS (
-                              SELECT 1 FROM event_store p
-                               WHERE p.tenant_id = $1 AND p.source = $2 AND p.entity_id = $5 AND p.event_type = $9
-                                 AND p.status <> 'HELD')
-                          THEN 'READY' ELSE 'HELD' END,
-                     $9, $10, $11, $11)
-             ON CONFLICT (tenant_id, source, provider_event_id) DO NOTHING
-             RETURNING id, status",
-        )
-        .bind(tenant)
-        .bind(e.source)
-        .bind(e.event_type)
-        .bind(e.provider_event_id)
-        .bind(e.entity_id)
-        .bind(e.occurred_at)
-        .bind(Json(e.payload))
-        .bind(e.payload_sha256)
-        .bind(e.waiting_for)
-        .bind(e.hold_until)
-        .bind(now)
+        let inserted: Option<(i64, String)> = on_tx!(tx, c => bind_event!(sqlx::query_as(INSERT_EVENT), ctx, e, now)
         .fetch_optional(&mut *c)
         .await)
         .map_err(|err| errors::map(err, "store an event"))?;
