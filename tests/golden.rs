@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use autobiz::golden::{self, Backend, ScenarioFile, runner};
 use autobiz_kernel::config::BusinessConfig;
+use autobiz_kernel::store::SqliteDurability;
 use autobiz_testkit::TestDatabase;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -84,6 +85,7 @@ fn observe(scenario: &golden::Scenario, config: &BusinessConfig, backend: Backen
             kernel_url: db.kernel_url(),
             work_dir: dir.path(),
             cassette_dir: &cassettes,
+            sqlite_durability: SqliteDurability::ProcessCrash,
         };
         Ok(golden::run(scenario, &env).await?)
     })

@@ -46,6 +46,10 @@ pub struct RecordedRequest {
     /// Header names lower-cased.
     pub headers: BTreeMap<String, String>,
     pub body: String,
+    /// The injected fault this request was answered with, if any (so the
+    /// golden benchmark's floor can send the same request and get the same
+    /// answer).
+    pub fault: Option<Fault>,
 }
 
 impl RecordedRequest {
@@ -148,8 +152,8 @@ impl<P: Provider> Respond for Handler<P> {
         if request.url.path() == HEALTH_PATH {
             return ResponseTemplate::new(200).set_body_json(json!({ "ok": true, "provider": P::NAME }));
         }
-        lock(&self.0.log).push(record(request));
         let fault = lock(&self.0.faults).pop_front();
+        lock(&self.0.log).push(record(request, fault.clone()));
         let mut state = lock(&self.0.state);
         let request_id = state.request_id();
         let with_id = |t: ResponseTemplate| match P::REQUEST_ID_HEADER {
@@ -205,8 +209,9 @@ fn json_template(status: u16, body: &Value) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_raw(body.to_string(), "application/json")
 }
 
-fn record(request: &Request) -> RecordedRequest {
+fn record(request: &Request, fault: Option<Fault>) -> RecordedRequest {
     RecordedRequest {
+        fault,
         method: request.method.as_str().to_owned(),
         path: request.url.path().to_owned(),
         query: request.url.query().map(str::to_owned),

@@ -230,7 +230,7 @@ impl Store {
     /// One breaker, if it was ever used.
     pub async fn breaker(&self, ctx: &TenantContext, name: &str) -> Result<Option<BreakerRecord>> {
         let sql = format!("SELECT {COLUMNS} FROM circuit_breakers WHERE tenant_id = $1 AND name = $2");
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         let row: Option<Row> = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(ctx.tenant().as_str())
             .bind(name)

@@ -591,13 +591,50 @@ impl Executor {
             Cost { tokens: out.tokens, provider_calls: out.provider_calls, micro_usd: contract.price.cost(out.tokens) };
         rec.cost = cost;
         run.cost.add(cost);
+        let violations = contract.output.violations(&out.value);
+        let output_error = violations.first().map(|first| {
+            Counters::bump(&self.counters.output_schema_reject_total);
+            Error::new(
+                ErrorCode::OutputSchemaInvalid,
+                format!("{} output rejected: {}", contract.id(), first.summary()),
+            )
+        });
+        // The record as it is if the receipt cannot be written (no output).
+        let unreceipted = claim.as_ref().map(|_| rec.clone());
+        let output = self.redact(&out.value, &mut rec);
+        if let Some(key) = state_key.filter(|_| output_error.is_none()) {
+            let pointer = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+            rec.state_diff = Some(serde_json::json!([{ "op": "add", "path": pointer, "value": output }]));
+        }
+        rec.output = Some(output);
+        if let Some(e) = &output_error {
+            rec.error = Some(TracedError::from(e));
+        }
         let mut receipt = None;
+        let mut traced = false;
         if let (Some(claim), Some(d), Some(request_sha256)) = (&claim, &self.durability, request_sha256) {
-            match self
-                .receipt(d, run, contract, claim, request_sha256, input_money.clone(), &out.value, started_at)
-                .await
-            {
-                Ok(id) => receipt = Some(id),
+            let new = self.new_receipt(run, contract, claim, request_sha256, input_money, &out.value, started_at);
+            // The result, its receipt and the call's trace record in one
+            // transaction when the trace goes to the same database; else (or
+            // if that fails) the receipt first, then the record, as before.
+            let stored = match new {
+                Err(e) => Err(e),
+                Ok(new) => {
+                    let together = match self.trace.store().filter(|s| s.same_pool(&d.store)) {
+                        Some(store) => {
+                            store.idempotency_complete_traced(&run.ctx, claim, &out.value, &new, Some(&rec)).await.ok()
+                        }
+                        None => None,
+                    };
+                    traced = together.is_some();
+                    match together {
+                        Some(r) => Ok(r),
+                        None => d.store.idempotency_complete(&run.ctx, claim, &out.value, &new).await,
+                    }
+                }
+            };
+            match stored {
+                Ok(r) => receipt = Some(r.receipt_id),
                 Err(e) => {
                     // The effect happened and cannot be proven: the call
                     // failed, and the tool stays blocked until reconciled.
@@ -610,30 +647,18 @@ impl Executor {
                             e.code()
                         ),
                     );
+                    let mut rec = unreceipted.unwrap_or(rec);
                     rec.error = Some(TracedError::from(&e));
                     self.write(run, rec).await?;
                     return Err(e);
                 }
             }
         }
-        let violations = contract.output.violations(&out.value);
-        let output_error = violations.first().map(|first| {
-            Counters::bump(&self.counters.output_schema_reject_total);
-            Error::new(
-                ErrorCode::OutputSchemaInvalid,
-                format!("{} output rejected: {}", contract.id(), first.summary()),
-            )
-        });
-        let output = self.redact(&out.value, &mut rec);
-        if let Some(key) = state_key.filter(|_| output_error.is_none()) {
-            let pointer = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
-            rec.state_diff = Some(serde_json::json!([{ "op": "add", "path": pointer, "value": output }]));
+        if traced {
+            self.alert_after(run, &rec).await?;
+        } else {
+            self.write(run, rec).await?;
         }
-        rec.output = Some(output);
-        if let Some(e) = &output_error {
-            rec.error = Some(TracedError::from(e));
-        }
-        self.write(run, rec).await?;
         if let Some(e) = output_error {
             return Err(e);
         }
@@ -688,12 +713,10 @@ impl Executor {
         }
     }
 
-    /// Store the result of a claimed side effect and its receipt, in one
-    /// transaction. Returns the receipt id.
+    /// The receipt of a claimed side effect's result `output`.
     #[allow(clippy::too_many_arguments)]
-    async fn receipt(
+    fn new_receipt(
         &self,
-        d: &Durability,
         run: &Run,
         contract: &ToolContract,
         claim: &Claim,
@@ -701,11 +724,11 @@ impl Executor {
         input_money: (Option<i64>, Option<String>),
         output: &Value,
         started_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<String> {
+    ) -> Result<NewReceipt> {
         // Amount and currency as the provider reported them, else as asked.
         let amount_minor = output.get("amount").and_then(Value::as_i64).or(input_money.0);
         let currency = output.get("currency").and_then(Value::as_str).map(str::to_owned).or(input_money.1);
-        let new = NewReceipt {
+        Ok(NewReceipt {
             execution_id: claim.execution_id.clone(),
             run_id: run.id.clone(),
             tool: contract.name.clone(),
@@ -718,8 +741,7 @@ impl Executor {
             completed_at: self.clock.now().max(started_at),
             amount_minor,
             currency,
-        };
-        Ok(d.store.idempotency_complete(&run.ctx, claim, output, &new).await?.receipt_id)
+        })
     }
 
     /// Trace one LLM call of the run (an agent turn) as a `model_call`
@@ -802,8 +824,14 @@ impl Executor {
     /// payloads set off a scanner is followed by a `redaction_alert` record:
     /// the allowlist let something through that it should not have.
     async fn write(&self, run: &mut Run, rec: TraceRecord) -> Result<()> {
-        let alerts = rec.detail.as_ref().and_then(|d| d.get("redaction_alerts")).cloned();
         self.append(run, &rec).await?;
+        self.alert_after(run, &rec).await
+    }
+
+    /// The `redaction_alert` record that follows `rec` (persisted) when its
+    /// payloads set off a scanner.
+    async fn alert_after(&self, run: &mut Run, rec: &TraceRecord) -> Result<()> {
+        let alerts = rec.detail.as_ref().and_then(|d| d.get("redaction_alerts")).cloned();
         if let Some(alerts) = alerts {
             tracing::warn!(
                 target: "autobiz::security",

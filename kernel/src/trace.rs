@@ -15,7 +15,7 @@ use sqlx::types::Json;
 use crate::bounds::Termination;
 use crate::error::{Error, ErrorCode, Result};
 use crate::permission::Decision;
-use crate::store::Store;
+use crate::store::{Store, TenantTx};
 use crate::tenant::TenantContext;
 
 /// What one record is about.
@@ -127,6 +127,12 @@ impl TraceRecord {
 #[async_trait::async_trait]
 pub trait TraceSink: Send + Sync {
     async fn append(&self, ctx: &TenantContext, record: &TraceRecord) -> Result<()>;
+
+    /// The store the records go to, when the sink is one: a write to the
+    /// same database may then carry a record in its own transaction.
+    fn store(&self) -> Option<&Store> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -134,6 +140,30 @@ impl TraceSink for Store {
     async fn append(&self, ctx: &TenantContext, record: &TraceRecord) -> Result<()> {
         self.append_trace(ctx, record).await
     }
+
+    fn store(&self) -> Option<&Store> {
+        Some(self)
+    }
+}
+
+/// Insert one trace record of `ctx`'s tenant in `tx` (committed with
+/// whatever else the transaction writes).
+pub(crate) async fn insert_trace(tx: &mut TenantTx, ctx: &TenantContext, record: &TraceRecord) -> Result<()> {
+    let seq = i64::try_from(record.seq).map_err(|_| Error::new(ErrorCode::InvalidInput, "trace seq too large"))?;
+    crate::store::on_tx!(tx, c => sqlx::query(
+        "INSERT INTO traces (tenant_id, run_id, correlation_id, seq, record, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(ctx.tenant().as_str())
+    .bind(&record.run_id)
+    .bind(&record.correlation_id)
+    .bind(seq)
+    .bind(Json(record))
+    .bind(record.at)
+    .execute(&mut *c)
+    .await
+    .map(|_| ()))
+    .map_err(|e| crate::store::map_error(e, "write a trace record"))
 }
 
 /// Keeps records in memory; for tests and benchmarks. Can be told to fail.
@@ -182,22 +212,8 @@ impl TraceSink for MemoryTraceSink {
 impl Store {
     /// Persist one trace record of `ctx`'s tenant.
     pub async fn append_trace(&self, ctx: &TenantContext, record: &TraceRecord) -> Result<()> {
-        let seq = i64::try_from(record.seq).map_err(|_| Error::new(ErrorCode::InvalidInput, "trace seq too large"))?;
-        let mut tx = self.begin(ctx).await?;
-        crate::store::on_tx!(tx, c => sqlx::query(
-            "INSERT INTO traces (tenant_id, run_id, correlation_id, seq, record, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(&record.run_id)
-        .bind(&record.correlation_id)
-        .bind(seq)
-        .bind(Json(record))
-        .bind(record.at)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| crate::store::map_error(e, "write a trace record"))?;
+        let mut tx = self.begin_single(ctx).await?;
+        insert_trace(&mut tx, ctx, record).await?;
         tx.commit().await
     }
 

@@ -30,7 +30,7 @@ use autobiz_kernel::redaction::RedactionPolicy;
 use autobiz_kernel::replay::{ReplayOutcome, replay};
 use autobiz_kernel::run::RunStatus;
 use autobiz_kernel::secrets::{SecretInfo, SecretsProvider};
-use autobiz_kernel::store::{DatabaseUrl, Store};
+use autobiz_kernel::store::{DatabaseUrl, SqliteDurability, Store};
 use autobiz_kernel::tenant::{CorrelationId, EntityId, Principal, TenantContext};
 use autobiz_kernel::trace::{Cost, RecordKind};
 use autobiz_kernel::transcript::{Entry, Transcript, TranscriptWriter};
@@ -76,6 +76,10 @@ pub struct Env<'a> {
     pub work_dir: &'a Path,
     /// Where a scenario's `cassette` lies (`cassettes/`).
     pub cassette_dir: &'a Path,
+    /// What the commits of a SQLite store survive: the golden suite's store
+    /// is thrown away with its scenario, so `ProcessCrash` (no fsync per
+    /// commit, everything else as in production); PostgreSQL is unaffected.
+    pub sqlite_durability: SqliteDurability,
 }
 
 /// Everything the oracles judge.
@@ -110,7 +114,9 @@ pub struct Observed {
     /// the observation), for the benchmark.
     pub run_time: Duration,
     /// Every request the fakes answered during the runs, in order per fake
-    /// (the benchmark sends them again with plain reqwest).
+    /// (`stripe`, `shopify`, `printful`, `sendgrid`, and `llm` and
+    /// `llm_fallback` when the LLM fake answered the model turns; the
+    /// benchmark sends them again with plain reqwest).
     pub requests: Vec<(&'static str, autobiz_fakes::RecordedRequest)>,
 }
 
@@ -133,7 +139,9 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
         .await
         .map_err(err("migrate"))?;
     let clock = Arc::new(ManualClock::new(t0()));
-    let store = Store::open_with_clock(&url(env.kernel_url)?, clock.clone()).await.map_err(err("open store"))?;
+    let store = Store::open_with_durability(&url(env.kernel_url)?, clock.clone(), env.sqlite_durability)
+        .await
+        .map_err(err("open store"))?;
 
     let fakes = Arc::new(Fakes::start().await);
     setup(&fakes, &scenario.setup).await?;
@@ -146,7 +154,7 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
     let faults = validate_faults(&scenario.faults)?;
     let exec = executor(assembly, &store, clock.clone(), fakes.clone(), faults)?;
     let needs_llm = wf.workflow.steps.iter().find_map(|s| s.agent.as_ref());
-    let (llm, _llm_fakes) = match needs_llm {
+    let (llm, llm_fakes) = match needs_llm {
         Some(agent) => llm_client(scenario, env, &store, &agent.model, &agent.prompt).await?,
         None => (None, Vec::new()),
     };
@@ -267,6 +275,9 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
     .zip(after_setup)
     {
         observed.requests.extend(fake.into_iter().skip(skip).map(|r| (name, r)));
+    }
+    for (fake, name) in llm_fakes.iter().zip(["llm", "llm_fallback"]) {
+        observed.requests.extend(fake.requests().into_iter().map(|r| (name, r)));
     }
     observed.counters = counters(&observed.fakes);
     // A recording cassette is written when its client goes.
@@ -479,7 +490,7 @@ async fn llm_client(
             (Endpoint::new(CASSETTE_ENDPOINT, key()).map_err(err("LLM endpoint"))?, fallback, Vec::new())
         }
         (_, Some(spec)) => {
-            let (primary, fallback) = llm_fakes(spec).await?;
+            let (primary, fallback) = llm_fakes(spec, true).await?;
             let p = Endpoint::new(&primary.base_url(), key()).map_err(err("LLM endpoint"))?;
             let f = match &fallback {
                 Some(f) => Some(Endpoint::new(&f.base_url(), key()).map_err(err("LLM endpoint"))?),
@@ -507,14 +518,14 @@ async fn llm_client(
     Ok((Some(client), fakes))
 }
 
-/// The primary LLM fake, scripted and faulted as `spec` says, and the
-/// fallback one if it has one.
-async fn llm_fakes(spec: &LlmSpec) -> Result<(LlmFake, Option<LlmFake>), String> {
+/// The primary LLM fake, scripted (and with `faults`, faulted) as `spec`
+/// says, and the fallback one if it has one.
+pub async fn llm_fakes(spec: &LlmSpec, faults: bool) -> Result<(LlmFake, Option<LlmFake>), String> {
     let primary = LlmFake::start_loopback().await;
     for reply in &spec.replies {
         primary.script(reply.clone());
     }
-    for f in &spec.faults {
+    for f in spec.faults.iter().filter(|_| faults) {
         primary.inject_times(fault_kind(&f.fault, f.delay_ms, f.retry_after_s)?, f.times);
     }
     let fallback = match &spec.fallback {
@@ -551,7 +562,9 @@ impl Tool for Faulting {
     }
 }
 
-fn inject(fakes: &Fakes, tool: &str, fault: Fault, times: u32) {
+/// Answer the next `times` requests to the fake of `tool` (a tool name or a
+/// provider's: `stripe.refund.create`, `stripe`) with `fault`.
+pub fn inject(fakes: &Fakes, tool: &str, fault: Fault, times: u32) {
     match tool.split('.').next() {
         Some("stripe") => fakes.stripe.inject_times(fault, times),
         Some("shopify") => fakes.shopify.inject_times(fault, times),

@@ -481,7 +481,7 @@ impl Store {
 
     /// The request of `run_id` at `step`, if one was created.
     pub async fn hitl_find(&self, ctx: &TenantContext, run_id: &str, step: &str) -> Result<Option<Approval>> {
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         let found = fetch(&mut tx, ctx, &request_id(run_id, step)).await?;
         tx.commit().await?;
         Ok(found)

@@ -24,6 +24,7 @@ use crate::idempotency::{Begin, Claim, IdempotencyKey, StoredResult};
 use crate::receipts::{NewReceipt, Receipt};
 use crate::store::AuditEvent;
 use crate::tenant::TenantContext;
+use crate::trace::TraceRecord;
 
 const COMPLETED: &str = "completed";
 
@@ -191,7 +192,7 @@ impl Store {
         let window = chrono_window(window)?;
         let now = self.now();
         // Fast path: a replay (or a refusal) needs no write.
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         let row = read_key(&mut tx, ctx, key).await?;
         tx.commit().await?;
         if let Some(row) = row
@@ -201,7 +202,11 @@ impl Store {
         }
         // Claim: the primary key decides. A few rounds cover a claim released
         // or re-claimed between our statements; past them, report the key as
-        // in progress rather than risk a second execution.
+        // in progress rather than risk a second execution. Each statement
+        // decides by its own guard (the primary key; the status and execution
+        // id it read), so none needs the others in its transaction: on
+        // SQLite they run in autocommit (`begin_single`), a claim that wins
+        // is one statement.
         let expires_at = now + window;
         let fresh = |first_seen_at| Claim {
             key: key.clone(),
@@ -211,7 +216,7 @@ impl Store {
             resumed: false,
         };
         for _ in 0..4 {
-            let mut tx = self.begin(ctx).await?;
+            let mut tx = self.begin_single(ctx).await?;
             let inserted = on_tx!(tx, c => sqlx::query(
                 "INSERT INTO idempotency_keys
                    (tenant_id, internal_key, external_key, request_fingerprint, status, execution_id,
@@ -287,6 +292,21 @@ impl Store {
         response: &Value,
         receipt: &NewReceipt,
     ) -> Result<Receipt> {
+        self.idempotency_complete_traced(ctx, claim, response, receipt, None).await
+    }
+
+    /// [`Store::idempotency_complete`], and with `trace` the call's trace
+    /// record in the same transaction (one commit instead of two: the
+    /// executor's write path when its trace sink is this store). Either the
+    /// result, the receipt and the record are all stored, or none is.
+    pub async fn idempotency_complete_traced(
+        &self,
+        ctx: &TenantContext,
+        claim: &Claim,
+        response: &Value,
+        receipt: &NewReceipt,
+        trace: Option<&TraceRecord>,
+    ) -> Result<Receipt> {
         let key = &claim.key;
         self.authorize(ctx, key.tenant(), &format!("idempotency:{}", key.external()), "write").await?;
         receipt.validate()?;
@@ -324,6 +344,9 @@ impl Store {
             ));
         }
         let stored = self.insert_receipt(&mut tx, ctx, key, &receipt_id, receipt, now).await?;
+        if let Some(record) = trace {
+            crate::trace::insert_trace(&mut tx, ctx, record).await?;
+        }
         tx.commit().await?;
         Ok(stored)
     }

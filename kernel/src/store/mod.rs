@@ -73,6 +73,22 @@ pub const TENANT_TABLES: &[&str] = &[
     "circuit_breakers",
 ];
 
+/// What a committed transaction of a SQLite store survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteDurability {
+    /// `synchronous=FULL`: every commit is flushed to the disk (an fsync of
+    /// the WAL), so it survives power loss. The default, and every real
+    /// store's.
+    #[default]
+    PowerLoss,
+    /// `synchronous=NORMAL` in WAL mode: a commit is in the WAL (the OS's
+    /// page cache) when it returns, so it survives the process being killed
+    /// (kill -9) but not the machine losing power; the disk is flushed at
+    /// checkpoints. For throwaway stores that die with their test
+    /// (the golden runner's): the same transactions, without an fsync each.
+    ProcessCrash,
+}
+
 #[derive(Clone)]
 enum Pool {
     Sqlite(SqlitePool),
@@ -86,6 +102,8 @@ pub struct Store {
     url: DatabaseUrl,
     clock: Arc<dyn Clock>,
     idempotency: Arc<IdempotencyStats>,
+    /// Shared by this handle's clones only: see [`Store::same_pool`].
+    pool_id: Arc<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -107,7 +125,19 @@ impl Store {
     }
 
     pub async fn open_with_clock(url: &DatabaseUrl, clock: Arc<dyn Clock>) -> Result<Store> {
-        let store = Self::connect(url, clock).await?;
+        Self::open_with_durability(url, clock, SqliteDurability::PowerLoss).await
+    }
+
+    /// [`Store::open_with_clock`] with the commits of a SQLite store
+    /// surviving only what `durability` says (PostgreSQL: unchanged, the
+    /// server decides). [`SqliteDurability::ProcessCrash`] is for a
+    /// throwaway store (the golden runner's), never for a real one.
+    pub async fn open_with_durability(
+        url: &DatabaseUrl,
+        clock: Arc<dyn Clock>,
+        durability: SqliteDurability,
+    ) -> Result<Store> {
+        let store = Self::connect(url, clock, durability).await?;
         match store.backend() {
             Backend::Sqlite => {
                 store.migrate().await?;
@@ -123,15 +153,21 @@ impl Store {
     /// Open the store as its owner, for `db migrate`, `db status` and
     /// `db downgrade`. No role or schema checks.
     pub async fn open_admin(url: &DatabaseUrl) -> Result<Store> {
-        Self::connect(url, Arc::new(SystemClock)).await
+        Self::connect(url, Arc::new(SystemClock), SqliteDurability::PowerLoss).await
     }
 
-    async fn connect(url: &DatabaseUrl, clock: Arc<dyn Clock>) -> Result<Store> {
+    async fn connect(url: &DatabaseUrl, clock: Arc<dyn Clock>, durability: SqliteDurability) -> Result<Store> {
         let pool = match url.backend() {
-            Backend::Sqlite => Pool::Sqlite(connect_sqlite(url).await?),
+            Backend::Sqlite => Pool::Sqlite(connect_sqlite(url, durability).await?),
             Backend::Postgres => Pool::Postgres(connect_postgres(url).await?),
         };
-        Ok(Store { pool, url: url.clone(), clock, idempotency: Arc::default() })
+        Ok(Store { pool, url: url.clone(), clock, idempotency: Arc::default(), pool_id: Arc::default() })
+    }
+
+    /// Whether `other` is a clone of this handle (the same connection pool,
+    /// so the same database): one transaction may then write for both.
+    pub fn same_pool(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.pool_id, &other.pool_id)
     }
 
     pub fn backend(&self) -> Backend {
@@ -171,6 +207,25 @@ impl Store {
             }
         };
         Ok(TenantTx { inner })
+    }
+
+    /// A handle for statements that each stand alone (usually one) bound to
+    /// `ctx`'s tenant: on SQLite a pooled connection in autocommit mode,
+    /// where each statement is a transaction of its own (atomic, one
+    /// snapshot, and committed as durably as [`TenantTx::commit`]), without
+    /// the two extra round trips to the driver's worker thread that BEGIN
+    /// and COMMIT cost; on PostgreSQL a transaction as [`Store::begin`]
+    /// makes (the tenant setting that row-level security reads is
+    /// transaction-local). Call [`TenantTx::commit`] after it all the same.
+    /// Statements that must hold together take [`Store::begin`].
+    pub async fn begin_single(&self, ctx: &TenantContext) -> Result<TenantTx> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let conn = p.acquire().await.map_err(|e| errors::map(e, "acquire a connection"))?;
+                Ok(TenantTx { inner: TxInner::SqliteRead(conn) })
+            }
+            Pool::Postgres(_) => self.begin(ctx).await,
+        }
     }
 
     /// Close every connection. Pending work finishes first.
@@ -228,6 +283,8 @@ pub struct TenantTx {
 
 pub(crate) enum TxInner {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// [`Store::begin_single`] on SQLite: autocommit, one statement.
+    SqliteRead(sqlx::pool::PoolConnection<sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
@@ -235,6 +292,7 @@ impl TenantTx {
     pub async fn commit(self) -> Result<()> {
         match self.inner {
             TxInner::Sqlite(t) => t.commit().await,
+            TxInner::SqliteRead(_) => Ok(()),
             TxInner::Postgres(t) => t.commit().await,
         }
         .map_err(|e| errors::map(e, "commit"))
@@ -251,6 +309,10 @@ macro_rules! on_tx {
                 let $c = &mut **t;
                 $body
             }
+            $crate::store::TxInner::SqliteRead(t) => {
+                let $c = &mut **t;
+                $body
+            }
             $crate::store::TxInner::Postgres(t) => {
                 let $c = &mut **t;
                 $body
@@ -260,7 +322,7 @@ macro_rules! on_tx {
 }
 pub(crate) use on_tx;
 
-async fn connect_sqlite(url: &DatabaseUrl) -> Result<SqlitePool> {
+async fn connect_sqlite(url: &DatabaseUrl, durability: SqliteDurability) -> Result<SqlitePool> {
     let (options, max) = if url.is_sqlite_memory() {
         // Every connection to :memory: is a separate database: use one.
         (SqliteConnectOptions::new().in_memory(true), 1)
@@ -277,14 +339,24 @@ async fn connect_sqlite(url: &DatabaseUrl) -> Result<SqlitePool> {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed receipt survives power loss, not only a crash.
-            // Through sqlx a step costs 448 µs with FULL against 433 µs with
-            // NORMAL on this machine kind (floors in the design notes).
-            .synchronous(SqliteSynchronous::Full)
+            // Each commit is an fsync of the WAL: on a disk with a cache that
+            // acknowledges at once, 448 µs a step against 433 µs with NORMAL
+            // (floors in the design notes); on the shared VM disk of the
+            // golden figures, an fsync takes ~5 ms (docs/benchmarks.md).
+            .synchronous(match durability {
+                SqliteDurability::PowerLoss => SqliteSynchronous::Full,
+                SqliteDurability::ProcessCrash => SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         (options, 4)
     };
     let pool = SqlitePoolOptions::new()
+        // A connection to a local file does not go stale the way a network
+        // one does: no ping (a round trip to the driver's worker thread)
+        // before every acquire. A connection left in a bad state is still
+        // caught by the ping sqlx makes when it is returned.
+        .test_before_acquire(false)
         .max_connections(max)
         .min_connections(if url.is_sqlite_memory() { 1 } else { 0 })
         .idle_timeout(if url.is_sqlite_memory() { None } else { Some(Duration::from_secs(600)) })

@@ -215,7 +215,7 @@ impl Store {
 
     /// The open block on `tool`, if any.
     pub async fn tool_blocked(&self, ctx: &TenantContext, tool: &str) -> Result<Option<ToolBlock>> {
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         let row: Option<(String, String, String, DateTime<Utc>)> = on_tx!(tx, c => sqlx::query_as(
             "SELECT tool, reason, blocked_by, blocked_at FROM tool_blocks
               WHERE tenant_id = $1 AND tool = $2 AND cleared_at IS NULL",

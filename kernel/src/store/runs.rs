@@ -80,7 +80,7 @@ impl Store {
     /// `STATE_CONFLICT`: run ids are never reused.
     pub async fn create_run(&self, ctx: &TenantContext, run: &NewRun<'_>) -> Result<()> {
         let now = self.now();
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         let inserted = on_tx!(tx, c => sqlx::query(
             "INSERT INTO runs (tenant_id, run_id, workflow, status, principal, config_hash, event, pins, transcript,
                                created_at, updated_at)
@@ -118,7 +118,7 @@ impl Store {
         termination: Option<&str>,
     ) -> Result<()> {
         let now = self.now();
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         on_tx!(tx, c => sqlx::query(
             "UPDATE runs SET status = $3, waiting_for = $4, termination = $5, updated_at = $6
               WHERE tenant_id = $1 AND run_id = $2",

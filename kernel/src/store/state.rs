@@ -66,7 +66,8 @@ impl Store {
         let now = self.now();
         let patch_json = serde_json::to_value(patch)
             .map_err(|e| Error::new(ErrorCode::StatePatchInvalid, format!("cannot serialize the patch: {e}")))?;
-        let mut tx = self.begin(ctx).await?;
+        // One statement: its WHERE re-checks the version as it writes.
+        let mut tx = self.begin_single(ctx).await?;
         let inserted = on_tx!(tx, c => sqlx::query(
             "INSERT INTO state_versions
                (tenant_id, entity_id, version, state, patch, correlation_id, created_at, updated_at)
@@ -125,7 +126,7 @@ impl Store {
     }
 
     async fn read_latest(&self, ctx: &TenantContext, entity: &EntityId) -> Result<Option<StateVersion>> {
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         let row: Option<Row> = on_tx!(tx, c => sqlx::query_as(
             "SELECT entity_id, version, state, patch, correlation_id, created_at FROM state_versions
               WHERE tenant_id = $1 AND entity_id = $2 ORDER BY version DESC LIMIT 1",
