@@ -277,7 +277,10 @@ pub(crate) fn git_head() -> Result<String, CliError> {
         let why = why.lines().next().unwrap_or("no commit").trim();
         return Err(CliError::input(
             "GIT_CHECKOUT_REQUIRED",
-            format!("deploy needs a git checkout with a commit in the current directory (git rev-parse HEAD: {why})"),
+            format!(
+                "run this in a git checkout with a commit: the evidence names the commit it is about \
+                 (git rev-parse HEAD in the current directory: {why})"
+            ),
         ));
     }
     Ok(head)
