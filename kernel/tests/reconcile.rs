@@ -406,25 +406,8 @@ both!(p1_t_rk02d_financial_drift_goes_to_hitl_and_is_never_repaired_automaticall
 /// Store `event_type` for `entity` held for `waiting_for`, let the hold run
 /// out and route it to reconciliation as the ordering gate does.
 async fn routed(store: &Store, c: &TenantContext, id: &str, event_type: &str, entity: &str, waiting_for: &str) -> i64 {
-    let payload = json!({"id": id});
-    let sha = payload_sha256(&payload).unwrap();
-    store
-        .event_insert(
-            c,
-            &NewEvent {
-                source: "shopify",
-                event_type,
-                provider_event_id: id,
-                entity_id: Some(entity),
-                occurred_at: None,
-                payload: &payload,
-                payload_sha256: &sha,
-                waiting_for: Some(waiting_for),
-                hold_until: store.now() - chrono::Duration::seconds(1),
-            },
-        )
-        .await
-        .unwrap();
+    let hold_until = store.now() - chrono::Duration::seconds(1);
+    insert_event(store, c, id, event_type, entity, Some(waiting_for), hold_until).await;
     let due = store.event_held_due(c, store.now(), 10).await.unwrap();
     let event = due.into_iter().find(|e| e.provider_event_id == id).expect("held and due");
     assert!(store.event_route_to_reconciliation(c, &event).await.unwrap());
@@ -432,6 +415,19 @@ async fn routed(store: &Store, c: &TenantContext, id: &str, event_type: &str, en
 }
 
 async fn predecessor(store: &Store, c: &TenantContext, id: &str, event_type: &str, entity: &str) {
+    insert_event(store, c, id, event_type, entity, None, store.now()).await;
+}
+
+/// Store a Shopify event `{"id": id}` of `event_type` for `entity`.
+async fn insert_event(
+    store: &Store,
+    c: &TenantContext,
+    id: &str,
+    event_type: &str,
+    entity: &str,
+    waiting_for: Option<&str>,
+    hold_until: chrono::DateTime<chrono::Utc>,
+) {
     let payload = json!({"id": id});
     let sha = payload_sha256(&payload).unwrap();
     let new = NewEvent {
@@ -442,8 +438,8 @@ async fn predecessor(store: &Store, c: &TenantContext, id: &str, event_type: &st
         occurred_at: None,
         payload: &payload,
         payload_sha256: &sha,
-        waiting_for: None,
-        hold_until: store.now(),
+        waiting_for,
+        hold_until,
     };
     store.event_insert(c, &new).await.unwrap();
 }

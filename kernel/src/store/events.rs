@@ -344,18 +344,29 @@ impl Store {
     /// HELD -> READY with `timeout_released` (its precondition held).
     /// False when another process decided first.
     pub async fn event_timeout_release(&self, ctx: &TenantContext, id: i64) -> Result<bool> {
-        let mut tx = self.begin(ctx).await?;
-        let n = on_tx!(tx, c => sqlx::query(
+        self.event_update(
+            ctx,
+            id,
             "UPDATE event_store SET status = 'READY', timeout_released = TRUE, updated_at = $3
               WHERE tenant_id = $1 AND id = $2 AND status = 'HELD'",
+            "release a held event",
         )
-        .bind(ctx.tenant().as_str())
-        .bind(id)
-        .bind(self.now())
-        .execute(&mut *c)
         .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| errors::map(e, "release a held event"))?;
+    }
+
+    /// Run `sql`, a conditional status change of event `id` (binding $1
+    /// tenant, $2 id, $3 now), in its own transaction; true when it
+    /// changed the event (its `WHERE status = ...` matched).
+    async fn event_update(&self, ctx: &TenantContext, id: i64, sql: &'static str, doing: &str) -> Result<bool> {
+        let mut tx = self.begin(ctx).await?;
+        let n = on_tx!(tx, c => sqlx::query(sql)
+            .bind(ctx.tenant().as_str())
+            .bind(id)
+            .bind(self.now())
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(|e| errors::map(e, doing))?;
         tx.commit().await?;
         Ok(n == 1)
     }
@@ -521,20 +532,14 @@ impl Store {
     /// precondition true by now, or a human approved it), so the worker
     /// processes it. False when it is not in RECONCILE.
     pub async fn event_release_reconciled(&self, ctx: &TenantContext, id: i64) -> Result<bool> {
-        let mut tx = self.begin(ctx).await?;
-        let n = on_tx!(tx, c => sqlx::query(
+        self.event_update(
+            ctx,
+            id,
             "UPDATE event_store SET status = 'READY', timeout_released = TRUE, error = NULL, updated_at = $3
               WHERE tenant_id = $1 AND id = $2 AND status = 'RECONCILE'",
+            "release an event from reconciliation",
         )
-        .bind(ctx.tenant().as_str())
-        .bind(id)
-        .bind(self.now())
-        .execute(&mut *c)
         .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| errors::map(e, "release an event from reconciliation"))?;
-        tx.commit().await?;
-        Ok(n == 1)
     }
 
     /// `ctx`'s reconciliation cases, oldest first.
