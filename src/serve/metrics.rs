@@ -177,11 +177,11 @@ pub async fn render(app: &App, out: &mut String) {
             let _ = writeln!(depth, "hitl_pending_requests{{tenant=\"{tenant}\"}} {}", pending.len());
             let _ = writeln!(age, "hitl_oldest_pending_age_seconds{{tenant=\"{tenant}\"}} {oldest}");
         }
-        if let Ok(all) = app.store.reconciliation_cases(&ctx).await {
+        if let Ok(counts) = app.store.reconciliation_counts(&ctx).await {
             let mut open: BTreeMap<CaseClass, u64> =
                 [(CaseClass::Financial, 0), (CaseClass::NonFinancial, 0)].into_iter().collect();
-            for c in all.iter().filter(|c| case_status::needs_human(&c.status)) {
-                *open.entry(CaseClass::of_kind(&c.kind)).or_default() += 1;
+            for (kind, _, n) in counts.iter().filter(|(_, status, _)| case_status::needs_human(status)) {
+                *open.entry(CaseClass::of_kind(kind)).or_default() += u64::try_from(*n).unwrap_or(0);
             }
             for (class, n) in open {
                 let _ =

@@ -295,17 +295,19 @@ impl Worker {
                 app.outcomes.run_finished(ctx.tenant().as_str(), workflow_id, report.status, report.cost);
                 Ok(true)
             }
-            // Registered by another worker between our check and its insert.
-            Err(e) if e.code() == ErrorCode::StateConflict && app.store.run_record(ctx, run_id).await?.is_some() => {
-                Ok(false)
-            }
-            // The run is registered and ended in error: it started.
-            Err(e) if app.store.run_record(ctx, run_id).await?.is_some() => {
-                tracing::warn!(code = e.code().as_str(), run_id, "event worker: the run ended with an error: {e}");
-                self.count_ended(app, ctx, run_id, workflow_id).await;
-                Ok(true)
-            }
-            Err(e) => Err(e),
+            Err(e) => match app.store.run_record(ctx, run_id).await? {
+                // Registered by another worker between our check and its insert.
+                Some(_) if e.code() == ErrorCode::StateConflict => Ok(false),
+                // The run is registered and ended in error: it started.
+                Some(record) => {
+                    tracing::warn!(code = e.code().as_str(), run_id, "event worker: the run ended with an error: {e}");
+                    if let Some(status) = RunStatus::parse(&record.status) {
+                        app.outcomes.run_ended(ctx.tenant().as_str(), workflow_id, status);
+                    }
+                    Ok(true)
+                }
+                None => Err(e),
+            },
         }
     }
 

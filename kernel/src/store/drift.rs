@@ -129,6 +129,21 @@ impl Store {
         Ok(true)
     }
 
+    /// How many of `ctx`'s cases there are per (kind, status): what the
+    /// `reconciliation_open_cases` gauge needs, without reading every case.
+    pub async fn reconciliation_counts(&self, ctx: &TenantContext) -> Result<Vec<(String, String, i64)>> {
+        let mut tx = self.begin(ctx).await?;
+        let rows: Vec<(String, String, i64)> = on_tx!(tx, c => sqlx::query_as(
+            "SELECT kind, status, COUNT(*) FROM reconciliation WHERE tenant_id = $1 GROUP BY kind, status",
+        )
+        .bind(ctx.tenant().as_str())
+        .fetch_all(&mut *c)
+        .await)
+        .map_err(|e| errors::map(e, "count reconciliation cases"))?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
     /// The actions recorded for `ctx`'s cases (one case's when `case_id`
     /// is given), oldest first.
     pub async fn reconciliation_actions(
