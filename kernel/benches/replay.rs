@@ -5,6 +5,8 @@
 //!
 //! `cargo bench -p autobiz-kernel --bench replay`; the last lines print the
 //! figure, the floor and the target (>= 100,000 steps/s, i.e. < 100 ms).
+//! It runs under mimalloc, the `autobiz` binary's allocator (what
+//! `autobiz replay` runs under); `--features system-allocator` for glibc's.
 //! `REPLAY_BENCH_ROUNDS` (default 7) sets the rounds, e.g. 1 under a profiler.
 
 use std::sync::Arc;
@@ -26,12 +28,14 @@ use serde_json::{Value, json};
 
 const STEPS: usize = 10_000;
 
-/// With `--features mimalloc`, the allocator of the `autobiz` binary.
-#[cfg(feature = "mimalloc")]
+/// The allocator of the `autobiz` binary, which `autobiz replay` runs
+/// under; `--features system-allocator` measures the system's instead.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ALLOCATOR: &str = if cfg!(feature = "mimalloc") { "mimalloc" } else { "system (glibc)" };
+const ALLOCATOR: &str =
+    if cfg!(feature = "system-allocator") { "system (glibc)" } else { "mimalloc, as the autobiz binary" };
 
 struct Drop;
 

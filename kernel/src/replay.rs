@@ -19,6 +19,8 @@ use crate::bounds::Termination;
 use crate::contract::{SideEffect, ToolRegistry};
 use crate::error::{Error, ErrorCode, Result};
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::engine::transition;
 use crate::llm::AgentStep;
@@ -94,18 +96,19 @@ pub fn replay(
         ));
     }
     let resumes = transcript.entries().any(|e| matches!(e, Entry::Resumed { .. }));
+    let ahead = (transcript.lines.len() >= HASH_AHEAD_MIN_LINES).then(|| Ahead::new(&transcript.lines));
     std::thread::scope(|scope| {
         let mut r = Replayer::new(workflow, registry, tenant, run_id, event, resumes)?;
-        // A long transcript's canonical hashes are computed ahead on a
-        // second thread while this one re-runs the workflow; the replayer
-        // owns the receiving end, so once it is dropped (the replay ended,
-        // diverged or failed) the hashing stops at its next result.
-        if transcript.lines.len() >= HASH_AHEAD_MIN_LINES {
-            let (tx, rx) = std::sync::mpsc::channel();
+        // A long transcript's canonical hashes are shared out between this
+        // thread and a second one (see [`Ahead`]); the guard stops the
+        // second thread however the replay ends (identical, diverged,
+        // failed), at its next line.
+        let _stop = ahead.as_ref().map(|ahead| {
             let tenant = r.tenant.clone();
-            scope.spawn(move || hash_ahead(&transcript.lines, workflow, &tenant, &tx));
-            r.ahead = Some(Ahead { rx, peeked: None });
-        }
+            scope.spawn(move || ahead.work(workflow, &tenant));
+            StopOnDrop(&ahead.stop)
+        });
+        r.ahead = ahead.as_ref();
         for line in transcript.lines.iter().skip(1) {
             if let Err(d) = r.take(line.seq + 1, &line.entry)? {
                 return Ok(ReplayOutcome::Diverged(d));
@@ -128,65 +131,144 @@ pub fn replay(
 }
 
 /// Below this many lines a replay hashes on its own thread only (starting
-/// a thread costs more than it saves).
-const HASH_AHEAD_MIN_LINES: usize = 256;
+/// a thread costs more than it saves). Debug builds share out the work of
+/// every replay, so that the tests run this path, and check the shadow
+/// state, on every transcript they replay.
+const HASH_AHEAD_MIN_LINES: usize = if cfg!(debug_assertions) { 2 } else { 256 };
 
-/// A hash computed ahead from a recorded line: what replay would compute
-/// from the same values when it reaches the line. Replay takes it only
-/// where it has checked that its own call is the recorded one (same step,
-/// visit, tool, version and input), and the output it hashes is the
-/// recorded one, so the hash is the one it would compute itself.
+/// A hash computed from a recorded line: what replay would compute from
+/// the same values when it reaches the line. Replay takes it only where it
+/// has checked that its own call is the recorded one (same step, visit,
+/// tool, version and input), and the output it hashes is the recorded one,
+/// so the hash is the one it would compute itself.
 enum Hashed {
     /// The idempotency key and request hash of a side effect's request.
-    Key(Result<StepKey>),
+    Key(StepKey),
     /// [`canonical_sha256`] of a successful response's recorded output.
-    Response(Result<String>),
+    Response(String),
+    /// Hashing failed (or panicked): the replaying thread hashes the line
+    /// again itself, to report the error where and as it would have.
+    Failed,
 }
 
-/// The receiving end of [`hash_ahead`], in line order.
-struct Ahead {
-    rx: std::sync::mpsc::Receiver<(u64, Hashed)>,
-    /// A result for a later line than the one asked for.
-    peeked: Option<(u64, Hashed)>,
+/// The canonical hashes of a long transcript, shared out between the
+/// replaying thread and a second one.
+///
+/// Replay is serial, but most of its cost is hashing (the step keys and
+/// the response digests go through the JCS crate), and each of those
+/// hashes is a function of one recorded line. So a second thread walks the
+/// transcript in order and hashes every line not yet taken, and the
+/// replaying thread, when it reaches a line, either takes the hash the
+/// other computed (waiting if it is being computed) or, if the other has
+/// not reached the line yet, takes the line and hashes it itself. Each line
+/// is claimed once (an atomic swap), so no hash is computed twice, and the
+/// work balances itself: whichever thread is ahead does more.
+struct Ahead<'t> {
+    lines: &'t [Line],
+    /// Per line: taken by the thread that hashes it.
+    claimed: Vec<AtomicBool>,
+    /// Per line: the hash, once the second thread computed it.
+    hashed: Vec<OnceLock<Hashed>>,
+    /// Set when the replay ends: the second thread stops.
+    stop: AtomicBool,
+    /// The final state built from the recorded lines, and its hash, once
+    /// the second thread has them ([`shadow_state`]).
+    shadow: OnceLock<Option<(RunState, String)>>,
 }
 
-impl Ahead {
-    /// The hash computed for `line`, if any (results for earlier lines that
-    /// replay did not need are dropped).
-    fn take(&mut self, line: u64) -> Option<Hashed> {
-        loop {
-            let (at, hashed) = match self.peeked.take() {
-                Some(p) => p,
-                None => self.rx.recv().ok()?,
-            };
-            if at == line {
-                return Some(hashed);
-            }
-            if at > line {
-                self.peeked = Some((at, hashed));
-                return None;
-            }
-        }
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
-/// Compute, in line order, the step key of every side effect's request and
-/// the hash of every successful side effect's output, until the replay
-/// stops listening.
-fn hash_ahead(lines: &[Line], workflow: &Workflow, tenant: &TenantId, tx: &std::sync::mpsc::Sender<(u64, Hashed)>) {
-    for line in lines {
-        let hashed = match &line.entry {
-            Entry::ToolRequest { step, visit, tool, version, input, idempotency_key: Some(_), .. } => {
-                Hashed::Key(step_key_of(tenant, workflow, step, *visit, tool, version, input))
-            }
-            Entry::ToolResponse { outcome: StepOutcome::Ok { output }, effect: true, .. } => {
-                Hashed::Response(canonical_sha256(output))
-            }
-            _ => continue,
-        };
-        if tx.send((line.seq + 1, hashed)).is_err() {
-            return;
+impl<'t> Ahead<'t> {
+    fn new(lines: &'t [Line]) -> Ahead<'t> {
+        Ahead {
+            lines,
+            claimed: lines.iter().map(|_| AtomicBool::new(false)).collect(),
+            hashed: lines.iter().map(|_| OnceLock::new()).collect(),
+            stop: AtomicBool::new(false),
+            shadow: OnceLock::new(),
         }
+    }
+
+    /// The shadow's state hash, if the second thread has it and its state
+    /// is `state`. Release builds never wait for it (the replaying thread
+    /// hashes its own state rather than wait for the other); debug builds
+    /// wait and assert that the shadow is the replayed state, so every
+    /// replay the tests run checks the shadow.
+    fn shadow_hash(&self, state: &RunState) -> Option<String> {
+        let shadow = if cfg!(debug_assertions) { Some(self.shadow.wait()) } else { self.shadow.get() };
+        match shadow {
+            Some(Some((shadow, hash))) if shadow == state => Some(hash.clone()),
+            Some(Some((shadow, _))) => {
+                debug_assert_eq!(shadow, state, "the shadow state differs from the replayed state");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The second thread: hash, in line order, every line that has a hash
+    /// and that the replaying thread has not taken, until the replay ends.
+    fn work(&self, workflow: &Workflow, tenant: &TenantId) {
+        // The final state first: meanwhile the replaying thread hashes its
+        // first lines itself, and the other lines are shared out after.
+        let shadow =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shadow_state(self.lines, workflow, &self.stop)));
+        let _ = self.shadow.set(shadow.unwrap_or(None));
+        for (i, line) in self.lines.iter().enumerate() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if !has_hash(&line.entry) || self.claimed[i].swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            // A panic here must not leave the replaying thread waiting for
+            // this line: it gets an error instead, and computes the hash
+            // itself (see `Replayer::key_of`).
+            let hashed =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hash_of(&line.entry, workflow, tenant)))
+                    .unwrap_or(Hashed::Failed);
+            let _ = self.hashed[i].set(hashed);
+        }
+    }
+
+    /// The hash of 1-based `line` if the second thread computes it (waiting
+    /// for it if need be); `None` when the replaying thread is to compute
+    /// it, which it then owns.
+    fn take(&self, line: u64) -> Option<&Hashed> {
+        let i = usize::try_from(line.checked_sub(1)?).ok()?;
+        if !self.claimed.get(i)?.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(self.hashed[i].wait())
+    }
+}
+
+/// Does replay hash this line?
+fn has_hash(entry: &Entry) -> bool {
+    matches!(
+        entry,
+        Entry::ToolRequest { idempotency_key: Some(_), .. }
+            | Entry::ToolResponse { outcome: StepOutcome::Ok { .. }, effect: true, .. }
+    )
+}
+
+/// The hash of a line [`has_hash`] says has one, from its recorded values.
+fn hash_of(entry: &Entry, workflow: &Workflow, tenant: &TenantId) -> Hashed {
+    match entry {
+        Entry::ToolRequest { step, visit, tool, version, input, .. } => {
+            step_key_of(tenant, workflow, step, *visit, tool, version, input).map_or(Hashed::Failed, Hashed::Key)
+        }
+        Entry::ToolResponse { outcome: StepOutcome::Ok { output }, .. } => {
+            canonical_sha256(output).map_or(Hashed::Failed, Hashed::Response)
+        }
+        _ => Hashed::Failed,
     }
 }
 
@@ -254,8 +336,8 @@ struct Replayer<'a> {
     /// The side effect of each tool version looked up so far (a registry
     /// lookup builds its key; a run calls few tools many times).
     side_effects: Vec<(&'a str, &'a str, SideEffect)>,
-    /// Hashes computed ahead on another thread, for a long transcript.
-    ahead: Option<Ahead>,
+    /// The hashes shared out with a second thread, for a long transcript.
+    ahead: Option<&'a Ahead<'a>>,
 }
 
 type Step = std::result::Result<(), Divergence>;
@@ -414,9 +496,23 @@ impl<'a> Replayer<'a> {
         Ok(self.diverged_at(line, at, "agent_output", json!(recorded), actual))
     }
 
-    /// The hash [`hash_ahead`] computed for `line`, if it runs.
-    fn ahead_of(&mut self, line: u64) -> Option<Hashed> {
-        self.ahead.as_mut()?.take(line)
+    /// The step key of `call`, recorded at `line`: the one the second
+    /// thread computed, or computed here.
+    fn key_of(&self, line: u64, call: &StepCall) -> Result<StepKey> {
+        match self.ahead.and_then(|a| a.take(line)) {
+            Some(Hashed::Key(key)) => Ok(key.clone()),
+            // A failure is computed again here, for its full detail.
+            _ => step_key(&self.tenant, self.workflow, call),
+        }
+    }
+
+    /// [`canonical_sha256`] of `output`, recorded at `line`: the one the
+    /// second thread computed, or computed here.
+    fn response_hash_of(&self, line: u64, output: &Value) -> Result<String> {
+        match self.ahead.and_then(|a| a.take(line)) {
+            Some(Hashed::Response(hash)) => Ok(hash.clone()),
+            _ => canonical_sha256(output),
+        }
     }
 
     /// Does `tool@version` have a side effect? Unknown tools count as one.
@@ -483,10 +579,7 @@ impl<'a> Replayer<'a> {
                 }
                 let key = match idempotency_key {
                     Some(recorded) => {
-                        let ours = match self.ahead_of(line) {
-                            Some(Hashed::Key(key)) => key?,
-                            _ => step_key(&self.tenant, self.workflow, &call)?,
-                        };
+                        let ours = self.key_of(line, &call)?;
                         if recorded != ours.key.external() {
                             let actual = json!(ours.key.external());
                             return Ok(self.diverged(line, "idempotency_key", json!(recorded), actual));
@@ -512,17 +605,12 @@ impl<'a> Replayer<'a> {
                 // The step is the state's cursor: found by its index hint,
                 // not by a search through the workflow's steps.
                 let workflow = self.workflow;
-                let agent = self.state.cursor_step(workflow, &call.step).ok().and_then(|(_, s)| s.agent.as_ref());
-                let ended_ok = match agent {
-                    Some(agent) => {
-                        if let Err(d) = self.agent_step(line, agent, &call, outcome)? {
-                            return Ok(Err(d));
-                        }
-                        "the run ended during the agent step"
-                    }
-                    None => "the run ended during the call",
-                };
-                let ours = transition(self.workflow, &mut self.state, &call, outcome, *ended, ended_ok)
+                if let Some(agent) = agent_of(workflow, &self.state, &call.step)
+                    && let Err(d) = self.agent_step(line, agent, &call, outcome)?
+                {
+                    return Ok(Err(d));
+                }
+                let ours = response_transition(workflow, &mut self.state, &call, outcome, *ended)
                     .map_err(|e| impossible(line, e))?;
                 if &ours != patch {
                     return Ok(self.diverged_at(line, at, "state_patch", patch.to_value(), ours.to_value()));
@@ -538,10 +626,7 @@ impl<'a> Replayer<'a> {
                         Some(key) => key,
                         None => step_key(&self.tenant, self.workflow, &call)?,
                     };
-                    let response_sha256 = match self.ahead_of(line) {
-                        Some(Hashed::Response(hash)) => hash?,
-                        _ => canonical_sha256(output)?,
-                    };
+                    let response_sha256 = self.response_hash_of(line, output)?;
                     self.pending_receipts.push(receipt_digest_of(&call, &key, response_sha256));
                 }
                 self.committed();
@@ -569,27 +654,8 @@ impl<'a> Replayer<'a> {
                 self.agent.results.insert((step.clone(), *visit, *turn), (outcome.clone(), *effect));
                 Ok(())
             }
-            Entry::HitlRequested { .. } => {
-                self.patch = Some(self.state.wait_for_approval().map_err(|e| impossible(line, e))?);
-                Ok(())
-            }
-            Entry::HitlDecision { decision, .. } => {
-                let patch = match decision.as_str() {
-                    "approved" => self.state.approved(),
-                    "denied" => self.state.end_on_decision(self.workflow, Termination::HitlDenied),
-                    "expired" => self.state.end_on_decision(self.workflow, Termination::HitlTimeout),
-                    other => {
-                        return Err(Error::new(
-                            ErrorCode::TranscriptCorrupt,
-                            format!("line {line}: unknown decision {other:?}"),
-                        ));
-                    }
-                };
-                self.patch = Some(patch.map_err(|e| impossible(line, e))?);
-                Ok(())
-            }
-            Entry::RunStopped { termination, error, step } => {
-                let patch = self.state.stop(step.as_deref(), *termination, error);
+            Entry::HitlRequested { .. } | Entry::HitlDecision { .. } | Entry::RunStopped { .. } => {
+                let patch = line_transition(self.workflow, &mut self.state, line, entry)?;
                 self.patch = Some(patch.map_err(|e| impossible(line, e))?);
                 Ok(())
             }
@@ -602,7 +668,10 @@ impl<'a> Replayer<'a> {
                 Ok(())
             }
             Entry::RunEnd { status, termination, state_sha256, receipts } => {
-                let hash = self.state.hash()?;
+                let hash = match self.ahead.and_then(|a| a.shadow_hash(&self.state)) {
+                    Some(hash) => hash,
+                    None => self.state.hash()?,
+                };
                 self.state_sha256 = Some(hash.clone());
                 if (status, Some(*termination)) != (&self.state.status, self.state.termination) {
                     let expected = json!({"status": status, "termination": termination});
@@ -625,4 +694,90 @@ fn impossible(line: u64, e: Error) -> Error {
         ErrorCode::TranscriptCorrupt,
         format!("line {line}: the recorded history is impossible: {}", e.message()),
     )
+}
+
+/// The agent spec of `step`, the state's cursor step, if it is an agent
+/// step (found by the cursor's index hint, not by a search).
+fn agent_of<'w>(workflow: &'w Workflow, state: &RunState, step: &str) -> Option<&'w AgentSpec> {
+    state.cursor_step(workflow, step).ok().and_then(|(_, s)| s.agent.as_ref())
+}
+
+/// The transition a recorded response makes: the run's own, with the
+/// reason the live engine gives when the call ended the run.
+fn response_transition(
+    workflow: &Workflow,
+    state: &mut RunState,
+    call: &StepCall,
+    outcome: &StepOutcome,
+    ended: Option<Termination>,
+) -> Result<Patch> {
+    let ended_ok = match agent_of(workflow, state, &call.step) {
+        Some(_) => "the run ended during the agent step",
+        None => "the run ended during the call",
+    };
+    transition(workflow, state, call, outcome, ended, ended_ok)
+}
+
+/// The transition an approval or stop line makes (`entry` is one of
+/// those); the outer error is a broken transcript, the inner an
+/// impossible history.
+fn line_transition(workflow: &Workflow, state: &mut RunState, line: u64, entry: &Entry) -> Result<Result<Patch>> {
+    Ok(match entry {
+        Entry::HitlRequested { .. } => state.wait_for_approval(),
+        Entry::HitlDecision { decision, .. } => match decision.as_str() {
+            "approved" => state.approved(),
+            "denied" => state.end_on_decision(workflow, Termination::HitlDenied),
+            "expired" => state.end_on_decision(workflow, Termination::HitlTimeout),
+            other => {
+                return Err(Error::new(
+                    ErrorCode::TranscriptCorrupt,
+                    format!("line {line}: unknown decision {other:?}"),
+                ));
+            }
+        },
+        Entry::RunStopped { termination, error, step } => state.stop(step.as_deref(), *termination, error),
+        other => {
+            let what = format!("line {line}: a {} line is not an approval or a stop", other.kind());
+            return Err(Error::new(ErrorCode::TranscriptCorrupt, what));
+        }
+    })
+}
+
+/// The final state of a transcript's run built from its recorded lines
+/// alone, with the same transitions replay makes but none of its checks
+/// (no request is recomputed, no key or receipt hashed), and that state's
+/// hash: computed on the second thread while the replaying thread runs, so
+/// the hash at the end (one canonicalization of the whole state, the
+/// largest single cost of a long replay) is off the replaying thread.
+/// The replaying thread takes the hash only for a state equal to its own
+/// (`RunState`'s derived equality: every field, so the same serialization
+/// and the same canonical bytes); otherwise it hashes its own state.
+/// `None` where the shadow is not worth it or the lines do not make a run
+/// (the replay then says why): a resumed run, a line out of order.
+fn shadow_state(lines: &[Line], workflow: &Workflow, stop: &AtomicBool) -> Option<(RunState, String)> {
+    let Entry::RunStart { run_id, event, .. } = &lines.first()?.entry else { return None };
+    let mut state = RunState::new(workflow, run_id, event.clone());
+    let mut call = None;
+    for line in &lines[1..] {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        match &line.entry {
+            Entry::ToolRequest { step, visit, tool, version, .. } => {
+                // The transitions read the step and visit, not the input.
+                let (step, tool, version) = (step.clone(), tool.clone(), version.clone());
+                call = Some(StepCall { step, visit: *visit, tool, version, input: Value::Null });
+            }
+            Entry::ToolResponse { outcome, ended, .. } => {
+                response_transition(workflow, &mut state, &call.take()?, outcome, *ended).ok()?;
+            }
+            Entry::HitlRequested { .. } | Entry::HitlDecision { .. } | Entry::RunStopped { .. } => {
+                line_transition(workflow, &mut state, line.seq + 1, &line.entry).ok()?.ok()?;
+            }
+            Entry::RunStart { .. } | Entry::Resumed { .. } => return None,
+            _ => {}
+        }
+    }
+    let hash = state.hash().ok()?;
+    Some((state, hash))
 }
