@@ -17,10 +17,11 @@
 //! `Delay`, malformed and truncated bodies, an error in a 200).
 
 use std::collections::VecDeque;
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::server::{Exchange, Provider, Reply};
+use crate::server::{Ages, Exchange, Provider, Reply};
 
 /// The model the fake reports when the request names none it knows
 /// (it echoes the requested one otherwise, as OpenAI does, dated).
@@ -31,7 +32,9 @@ pub const LLM_FAKE_FINGERPRINT: &str = "fp_autobiz_fake";
 pub struct LlmState {
     seq: u64,
     script: VecDeque<String>,
-    served: Vec<Value>,
+    served: VecDeque<Value>,
+    /// Completions by serving, oldest first.
+    made: Ages<()>,
 }
 
 fn error(status: u16, message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Reply {
@@ -57,7 +60,7 @@ impl LlmState {
 
     /// Every completion served, in order.
     pub fn served(&self) -> Vec<Value> {
-        self.served.clone()
+        self.served.iter().cloned().collect()
     }
 
     fn classify(messages: &[Value]) -> String {
@@ -118,7 +121,8 @@ impl LlmState {
             },
             "system_fingerprint": LLM_FAKE_FINGERPRINT
         });
-        self.served.push(answer.clone());
+        self.served.push_back(answer.clone());
+        self.made.made(());
         Reply::json(200, answer)
     }
 }
@@ -159,5 +163,13 @@ impl Provider for LlmState {
 
     fn error_in_200(&self) -> Value {
         json!({ "error": { "message": "The server had an error processing your request.", "type": "server_error", "param": null, "code": null } })
+    }
+
+    fn tick(&mut self, at: SystemTime) {
+        self.made.tick(at);
+    }
+
+    fn forget_before(&mut self, cutoff: SystemTime) {
+        self.made.expire_front(cutoff, &mut self.served);
     }
 }

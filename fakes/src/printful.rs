@@ -4,10 +4,11 @@
 //! orders addressed by id or `@external_id`, shipments with tracking.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::server::{Exchange, Provider, Reply};
+use crate::server::{Ages, Exchange, Provider, Reply};
 
 /// The Printful fake's state: orders by id.
 #[derive(Default)]
@@ -15,6 +16,8 @@ pub struct PrintfulState {
     seq: u64,
     request_seq: u64,
     orders: BTreeMap<u64, Value>,
+    /// Orders by creation, oldest first.
+    made: Ages<u64>,
 }
 
 fn ok(result: Value) -> Reply {
@@ -114,6 +117,7 @@ impl PrintfulState {
             "shipments": [],
         });
         self.orders.insert(id, order.clone());
+        self.made.made(id);
         ok(order)
     }
 }
@@ -179,5 +183,13 @@ impl Provider for PrintfulState {
 
     fn error_in_200(&self) -> Value {
         json!({ "code": 500, "result": "Internal error", "error": { "reason": "InternalError", "message": "Internal error" } })
+    }
+
+    fn tick(&mut self, at: SystemTime) {
+        self.made.tick(at);
+    }
+
+    fn forget_before(&mut self, cutoff: SystemTime) {
+        self.made.expire_keys(cutoff, &mut self.orders);
     }
 }

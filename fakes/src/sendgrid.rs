@@ -4,9 +4,12 @@
 //! with an empty body and an `X-Message-Id`. Errors use SendGrid's
 //! `{"errors":[{"message","field","help"}]}`.
 
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
 use serde_json::{Value, json};
 
-use crate::server::{Exchange, Provider, Reply};
+use crate::server::{Ages, Exchange, Provider, Reply};
 
 /// One accepted mail send.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +28,9 @@ pub struct SentMail {
 #[derive(Default)]
 pub struct SendgridState {
     seq: u64,
-    sent: Vec<SentMail>,
+    sent: VecDeque<SentMail>,
+    /// Sends by acceptance, oldest first.
+    made: Ages<()>,
 }
 
 fn bad(field: Option<&str>, message: &str) -> Reply {
@@ -38,7 +43,7 @@ fn is_email(s: &str) -> bool {
 
 impl SendgridState {
     pub fn sent(&self) -> Vec<SentMail> {
-        self.sent.clone()
+        self.sent.iter().cloned().collect()
     }
 
     fn send(&mut self, body: Option<Value>) -> Reply {
@@ -89,7 +94,8 @@ impl SendgridState {
             self.seq += 1;
             Some(format!("fakeMsg{:016}", self.seq))
         };
-        self.sent.push(SentMail {
+        self.made.made(());
+        self.sent.push_back(SentMail {
             to,
             from: from.to_owned(),
             template_id,
@@ -136,5 +142,13 @@ impl Provider for SendgridState {
 
     fn error_in_200(&self) -> Value {
         json!({ "errors": [{ "field": Value::Null, "message": "internal error", "help": Value::Null }] })
+    }
+
+    fn tick(&mut self, at: SystemTime) {
+        self.made.tick(at);
+    }
+
+    fn forget_before(&mut self, cutoff: SystemTime) {
+        self.made.expire_front(cutoff, &mut self.sent);
     }
 }

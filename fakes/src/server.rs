@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
@@ -86,6 +86,9 @@ impl Reply {
 pub struct Exchange<'a> {
     pub request: &'a Request,
     pub now: Instant,
+    /// The fake's clock (the system's, or the one a soak injected with
+    /// [`FakeServer::set_clock`]): what provider-side expiry is measured on.
+    pub at: SystemTime,
     /// The delay the answer will have (a [`Fault::Delay`]); Stripe uses it to
     /// hold an idempotency key "in progress" that long.
     pub delay: Duration,
@@ -131,12 +134,92 @@ pub trait Provider: Send + 'static {
     fn error_body(&self, status: u16, message: &str) -> Value;
     /// A 200 whose body is an error in the provider's shape.
     fn error_in_200(&self) -> Value;
+    /// The fake's clock reads `at` (before each request and each
+    /// [`FakeServer::with_state`]): what expires at the provider (Stripe's
+    /// idempotency keys after 24 hours) expires here.
+    fn tick(&mut self, _at: SystemTime) {}
+    /// Drop the objects made before `cutoff` (see [`FakeServer::forget_before`]).
+    fn forget_before(&mut self, _cutoff: SystemTime) {}
 }
+
+/// When each object of a fake's state was made, on the fake's clock, oldest
+/// first (the clock a soak injects never goes back), so that expiry and
+/// [`FakeServer::forget_before`] cost what they drop, not what is kept.
+pub(crate) struct Ages<K> {
+    now: SystemTime,
+    made: VecDeque<(SystemTime, K)>,
+}
+
+impl<K> Default for Ages<K> {
+    fn default() -> Self {
+        Ages { now: UNIX_EPOCH, made: VecDeque::new() }
+    }
+}
+
+impl Ages<()> {
+    /// Drop from the front of `list` (made in the same order) every item
+    /// made before `cutoff`.
+    pub(crate) fn expire_front<T>(&mut self, cutoff: SystemTime, list: &mut VecDeque<T>) {
+        self.expire(cutoff, |_, ()| {
+            list.pop_front();
+        });
+    }
+}
+
+impl<K> Ages<K> {
+    pub(crate) fn tick(&mut self, at: SystemTime) {
+        self.now = at;
+    }
+
+    /// `key` was made now.
+    pub(crate) fn made(&mut self, key: K) {
+        self.made.push_back((self.now, key));
+    }
+
+    /// Remove from `map` every key made before `cutoff`.
+    pub(crate) fn expire_keys<V>(&mut self, cutoff: SystemTime, map: &mut std::collections::BTreeMap<K, V>)
+    where
+        K: Ord,
+    {
+        self.expire(cutoff, |_, k| {
+            map.remove(&k);
+        });
+    }
+
+    /// Hand every key made before `cutoff` to `drop`, oldest first, and
+    /// forget it.
+    pub(crate) fn expire(&mut self, cutoff: SystemTime, mut drop: impl FnMut(SystemTime, K)) {
+        while self.made.front().is_some_and(|(at, _)| *at < cutoff) {
+            if let Some((at, key)) = self.made.pop_front() {
+                drop(at, key);
+            }
+        }
+    }
+}
+
+/// The clock a fake reads.
+type ClockFn = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 struct Inner<P> {
     state: Mutex<P>,
     faults: Mutex<VecDeque<Fault>>,
     log: Mutex<Vec<RecordedRequest>>,
+    clock: Mutex<ClockFn>,
+}
+
+impl<P: Provider> Inner<P> {
+    fn now(&self) -> SystemTime {
+        let clock = lock(&self.clock).clone();
+        clock()
+    }
+
+    /// The state, its clock moved to now.
+    fn state(&self) -> MutexGuard<'_, P> {
+        let at = self.now();
+        let mut state = lock(&self.state);
+        state.tick(at);
+        state
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,7 +237,8 @@ impl<P: Provider> Respond for Handler<P> {
         }
         let fault = lock(&self.0.faults).pop_front();
         lock(&self.0.log).push(record(request, fault.clone()));
-        let mut state = lock(&self.0.state);
+        let at = self.0.now();
+        let mut state = self.0.state();
         let request_id = state.request_id();
         let with_id = |t: ResponseTemplate| match P::REQUEST_ID_HEADER {
             Some(h) => t.insert_header(h, request_id.as_str()),
@@ -188,7 +272,7 @@ impl<P: Provider> Respond for Handler<P> {
             Some(Fault::Delay(d)) => d,
             None => Duration::ZERO,
         };
-        let ex = Exchange { request, now: Instant::now(), delay };
+        let ex = Exchange { request, now: Instant::now(), at, delay };
         let reply = if state.authorized(&ex) { state.handle(&ex) } else { state.unauthorized() };
         drop(state);
         let mut template = match &reply.body {
@@ -237,9 +321,40 @@ impl<P: Provider> FakeServer<P> {
         // The fake keeps its own log (`requests`); wiremock's copy would grow
         // without bound in a long soak.
         let server = MockServer::builder().listener(listener).disable_request_recording().start().await;
-        let inner = Arc::new(Inner { state: Mutex::new(state), faults: Mutex::default(), log: Mutex::default() });
-        Mock::given(any()).respond_with(Handler(inner.clone())).mount(&server).await;
-        Ok(FakeServer { server, inner })
+        let inner = Arc::new(Inner {
+            state: Mutex::new(state),
+            faults: Mutex::default(),
+            log: Mutex::default(),
+            clock: Mutex::new(Arc::new(SystemTime::now)),
+        });
+        let fake = FakeServer { server, inner };
+        fake.mount().await;
+        Ok(fake)
+    }
+
+    async fn mount(&self) {
+        Mock::given(any()).respond_with(Handler(self.inner.clone())).mount(&self.server).await;
+    }
+
+    /// Read the provider's time from `clock` instead of the system's (a
+    /// soak's virtual clock): Stripe's idempotency keys expire 24 hours
+    /// after their first use on it.
+    pub fn set_clock(&self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) {
+        *lock(&self.inner.clock) = Arc::new(clock);
+    }
+
+    /// The fake's clock.
+    pub fn now(&self) -> SystemTime {
+        self.inner.now()
+    }
+
+    /// Drop the provider objects made before `cutoff` on the fake's clock
+    /// (PaymentIntents, captures, refunds, orders, mails, completions), as
+    /// if archived: a long soak keeps the fakes' state bounded by time, not
+    /// by run length. Not something a real provider does; the soak calls it
+    /// for objects older than any run that could still touch them.
+    pub fn forget_before(&self, cutoff: SystemTime) {
+        self.inner.state().forget_before(cutoff);
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.
@@ -280,9 +395,16 @@ impl<P: Provider> FakeServer<P> {
     }
 
     /// Forget the requests logged so far (a long soak keeps memory flat;
-    /// the provider's state is kept).
-    pub fn forget_requests(&self) {
+    /// the provider's state is kept). wiremock's mounted mock keeps a copy
+    /// of every request it matched (headers, body and the connection's read
+    /// buffer they point into) even with request recording disabled, so
+    /// the mock is mounted afresh: a request that arrives during the swap
+    /// is answered 404, so call this between requests (the soak does,
+    /// between deliveries).
+    pub async fn forget_requests(&self) {
         lock(&self.inner.log).clear();
+        self.server.reset().await;
+        self.mount().await;
     }
 
     /// Requests whose path is `path`.
@@ -292,7 +414,7 @@ impl<P: Provider> FakeServer<P> {
 
     /// Read or change the provider's state (seeding, oracles).
     pub fn with_state<R>(&self, f: impl FnOnce(&mut P) -> R) -> R {
-        f(&mut lock(&self.inner.state))
+        f(&mut self.inner.state())
     }
 }
 

@@ -3,17 +3,20 @@
 //! `X-Request-Id` on every answer, Shopify's `{"errors": ...}` shapes.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
 use crate::SHOPIFY_API_VERSION;
-use crate::server::{Exchange, Provider, Reply};
+use crate::server::{Ages, Exchange, Provider, Reply};
 
 /// The Shopify fake's state: orders by id.
 #[derive(Default)]
 pub struct ShopifyState {
     request_seq: u64,
     orders: BTreeMap<u64, Value>,
+    /// Orders by seeding, oldest first.
+    made: Ages<u64>,
 }
 
 const CANCEL_REASONS: [&str; 5] = ["customer", "fraud", "inventory", "declined", "other"];
@@ -61,7 +64,9 @@ impl ShopifyState {
                 o.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        self.orders.insert(id, order);
+        if self.orders.insert(id, order).is_none() {
+            self.made.made(id);
+        }
         Some(id)
     }
 
@@ -184,5 +189,13 @@ impl Provider for ShopifyState {
 
     fn error_in_200(&self) -> Value {
         json!({ "errors": "Internal Server Error" })
+    }
+
+    fn tick(&mut self, at: SystemTime) {
+        self.made.tick(at);
+    }
+
+    fn forget_before(&mut self, cutoff: SystemTime) {
+        self.made.expire_keys(cutoff, &mut self.orders);
     }
 }

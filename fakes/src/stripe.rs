@@ -4,20 +4,36 @@
 //! idempotency rules: the same `Idempotency-Key` with the same parameters
 //! replays the stored answer with `Idempotent-Replayed: true`; with other
 //! parameters it is a 400 `idempotency_error`; while the first request is
-//! still in progress it is a 409 `idempotency_error`.
+//! still in progress it is a 409 `idempotency_error`. As at Stripe, a key
+//! is kept 24 hours (on the fake's clock, which a soak makes its virtual
+//! one): after that the same key executes anew.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::server::{Exchange, Provider, Reply, form};
+use crate::server::{Ages, Exchange, Provider, Reply, form};
+
+/// How long Stripe keeps an idempotency key ("keys are eligible to be
+/// removed from the system automatically after they're at least 24 hours
+/// old").
+pub const IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 struct StoredAnswer {
     fingerprint: String,
     reply: Reply,
     /// The first request counts as in progress until then.
     ready_at: Instant,
+    /// On the fake's clock: the key expires [`IDEMPOTENCY_KEY_TTL`] later.
+    stored_at: SystemTime,
+}
+
+/// What an entry of [`StripeState`]'s ages stands for.
+enum Made {
+    Intent(String),
+    Capture,
+    Refund,
 }
 
 /// The Stripe fake's state.
@@ -26,9 +42,13 @@ pub struct StripeState {
     seq: u64,
     request_seq: u64,
     intents: BTreeMap<String, Value>,
-    refunds: Vec<Value>,
-    captures: Vec<Value>,
+    refunds: VecDeque<Value>,
+    captures: VecDeque<Value>,
     idempotency: HashMap<String, StoredAnswer>,
+    /// Idempotency keys by first use, oldest first.
+    keys: Ages<String>,
+    /// Objects by making, oldest first.
+    made: Ages<Made>,
 }
 
 fn error(status: u16, kind: &str, code: Option<&str>, message: &str) -> Reply {
@@ -105,12 +125,17 @@ impl StripeState {
 
     /// Every successful capture (PaymentIntent objects after capture).
     pub fn captures(&self) -> Vec<Value> {
-        self.captures.clone()
+        self.captures.iter().cloned().collect()
     }
 
     /// Every refund created.
     pub fn refunds(&self) -> Vec<Value> {
-        self.refunds.clone()
+        self.refunds.iter().cloned().collect()
+    }
+
+    /// Idempotency keys held (none older than [`IDEMPOTENCY_KEY_TTL`]).
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency.len()
     }
 
     fn route(&mut self, ex: &Exchange<'_>, params: &BTreeMap<String, String>) -> Reply {
@@ -181,6 +206,7 @@ impl StripeState {
             "status": if pm.is_some() { "requires_confirmation" } else { "requires_payment_method" },
         });
         self.intents.insert(id.clone(), pi);
+        self.made.made(Made::Intent(id.clone()));
         if p.get("confirm").map(String::as_str) == Some("true") {
             return self.confirm(&id, pm.as_ref());
         }
@@ -250,7 +276,8 @@ impl StripeState {
         pi["amount_capturable"] = json!(0);
         pi["amount_received"] = json!(amount);
         let pi = pi.clone();
-        self.captures.push(pi.clone());
+        self.captures.push_back(pi.clone());
+        self.made.made(Made::Capture);
         Reply::json(200, pi)
     }
 
@@ -329,7 +356,8 @@ impl StripeState {
             "reason": p.get("reason"),
             "status": "succeeded",
         });
-        self.refunds.push(refund.clone());
+        self.refunds.push_back(refund.clone());
+        self.made.made(Made::Refund);
         Reply::json(200, refund)
     }
 
@@ -450,8 +478,10 @@ impl Provider for StripeState {
         // Stripe saves the result of any request that started executing,
         // errors included, but not server errors.
         if reply.status < 500 {
-            self.idempotency
-                .insert(key.clone(), StoredAnswer { fingerprint, reply: reply.clone(), ready_at: ex.now + ex.delay });
+            let stored =
+                StoredAnswer { fingerprint, reply: reply.clone(), ready_at: ex.now + ex.delay, stored_at: ex.at };
+            self.idempotency.insert(key.clone(), stored);
+            self.keys.made(key.clone());
         }
         reply.header("Idempotency-Key", key)
     }
@@ -467,5 +497,149 @@ impl Provider for StripeState {
 
     fn error_in_200(&self) -> Value {
         json!({ "error": { "type": "api_error", "message": "An unexpected error occurred." } })
+    }
+
+    fn tick(&mut self, at: SystemTime) {
+        self.keys.tick(at);
+        self.made.tick(at);
+        let Some(cutoff) = at.checked_sub(IDEMPOTENCY_KEY_TTL) else { return };
+        let idempotency = &mut self.idempotency;
+        self.keys.expire(cutoff, |_, key| {
+            // A key used again after it expired is kept from that use on.
+            if idempotency.get(&key).is_some_and(|s| s.stored_at < cutoff) {
+                idempotency.remove(&key);
+            }
+        });
+    }
+
+    fn forget_before(&mut self, cutoff: SystemTime) {
+        let (intents, captures, refunds) = (&mut self.intents, &mut self.captures, &mut self.refunds);
+        self.made.expire(cutoff, |_, made| match made {
+            Made::Intent(id) => {
+                intents.remove(&id);
+            }
+            Made::Capture => {
+                captures.pop_front();
+            }
+            Made::Refund => {
+                refunds.pop_front();
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::StripeFake;
+    use crate::server::FakeServer;
+
+    /// A Stripe fake on a clock the test moves.
+    async fn fake_on_clock() -> (StripeFake, Arc<Mutex<SystemTime>>) {
+        let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let fake = FakeServer::start(bind, StripeState::default()).await.expect("a loopback port");
+        let clock = Arc::new(Mutex::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000)));
+        let read = clock.clone();
+        fake.set_clock(move || *read.lock().unwrap());
+        (fake, clock)
+    }
+
+    fn advance(clock: &Mutex<SystemTime>, by: Duration) {
+        let mut t = clock.lock().unwrap();
+        *t += by;
+    }
+
+    async fn create(fake: &StripeFake, key: &str, amount: u32) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/v1/payment_intents", fake.uri()))
+            .bearer_auth("sk_test_fake")
+            .header("Idempotency-Key", key)
+            .form(&[("amount", amount.to_string()), ("currency", "usd".to_owned())])
+            .send()
+            .await
+            .expect("the fake answers")
+    }
+
+    #[tokio::test]
+    async fn p1_h10_idempotency_key_expires_after_24_hours_on_the_fake_clock() {
+        let (fake, clock) = fake_on_clock().await;
+        let first = create(&fake, "key-1", 500).await;
+        assert_eq!(first.status(), 200);
+        let first: Value = first.json().await.unwrap();
+
+        // Within 24 hours: the stored answer is replayed, nothing executes.
+        advance(&clock, Duration::from_secs(23 * 3600));
+        let replay = create(&fake, "key-1", 500).await;
+        assert_eq!(replay.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+        let replay: Value = replay.json().await.unwrap();
+        assert_eq!(replay["id"], first["id"]);
+        assert_eq!(fake.payment_intents().len(), 1);
+        // Other parameters under the live key: still a conflict.
+        assert_eq!(create(&fake, "key-1", 900).await.status(), 400);
+
+        // Past 24 hours the key is gone: the same request executes anew, as
+        // at Stripe, and other parameters are no longer a conflict.
+        advance(&clock, Duration::from_secs(3600 + 1));
+        assert_eq!(fake.with_state(|s| s.idempotency_keys()), 0, "the expired key is dropped");
+        let again = create(&fake, "key-1", 500).await;
+        assert_eq!(again.status(), 200);
+        assert!(again.headers().get("idempotent-replayed").is_none());
+        let again: Value = again.json().await.unwrap();
+        assert_ne!(again["id"], first["id"], "a new PaymentIntent");
+        assert_eq!(fake.payment_intents().len(), 2);
+        // And the key is held again, from this use on.
+        advance(&clock, Duration::from_secs(3600));
+        assert_eq!(create(&fake, "key-1", 900).await.status(), 400);
+        assert_eq!(fake.with_state(|s| s.idempotency_keys()), 1);
+    }
+
+    #[tokio::test]
+    async fn p1_h10_keys_held_stay_bounded_by_time_not_by_run_length() {
+        let (fake, clock) = fake_on_clock().await;
+        // Two keys an hour for three days: at most a day's worth is held.
+        for i in 0..144 {
+            assert_eq!(create(&fake, &format!("key-{i}"), 100 + i).await.status(), 200);
+            advance(&clock, Duration::from_secs(1800));
+        }
+        let held = fake.with_state(|s| s.idempotency_keys());
+        assert!((48..=49).contains(&held), "{held} keys held");
+    }
+
+    #[tokio::test]
+    async fn forget_before_drops_older_objects_and_keeps_newer_ones() {
+        let (fake, clock) = fake_on_clock().await;
+        let old = create(&fake, "old", 100).await.json::<Value>().await.unwrap();
+        advance(&clock, Duration::from_secs(3600));
+        let cutoff = fake.now();
+        let new = create(&fake, "new", 200).await.json::<Value>().await.unwrap();
+        fake.forget_before(cutoff);
+        let ids: Vec<Value> = fake.payment_intents().iter().map(|p| p["id"].clone()).collect();
+        assert_eq!(ids, vec![new["id"].clone()]);
+        assert_ne!(old["id"], new["id"]);
+        // A forgotten object is gone for the API too.
+        let id = old["id"].as_str().unwrap();
+        let got = reqwest::Client::new()
+            .get(format!("{}/v1/payment_intents/{id}", fake.uri()))
+            .bearer_auth("sk_test_fake")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn forget_requests_empties_the_log_and_the_fake_still_answers() {
+        let (fake, _clock) = fake_on_clock().await;
+        create(&fake, "a", 100).await;
+        assert_eq!(fake.requests().len(), 1);
+        fake.forget_requests().await;
+        assert!(fake.requests().is_empty());
+        // The mock was mounted afresh: the next request is served, not 404.
+        assert_eq!(create(&fake, "b", 100).await.status(), 200);
+        assert_eq!(fake.requests().len(), 1);
+        assert_eq!(fake.payment_intents().len(), 2, "the provider's state is kept");
     }
 }

@@ -42,7 +42,12 @@ pub struct Checkpoint {
     path: PathBuf,
     file: std::fs::File,
     started_at: DateTime<Utc>,
+    /// The deliveries the file held when opened (a resumed soak replays
+    /// them into its gate and tallies, then drops them: a long soak does
+    /// not keep one record per delivery in memory).
     records: Vec<Record>,
+    /// Deliveries recorded in all, those read at open included.
+    count: u64,
     resumes: u32,
 }
 
@@ -118,7 +123,9 @@ impl Checkpoint {
             }
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io(&path, e))?;
-        let mut cp = Checkpoint { path, file, started_at: started_at.unwrap_or_else(Utc::now), records, resumes };
+        let count = records.len() as u64;
+        let mut cp =
+            Checkpoint { path, file, started_at: started_at.unwrap_or_else(Utc::now), records, count, resumes };
         if started_at.is_none() {
             cp.write(&Line::Start { config: config.clone(), started_at: cp.started_at })?;
         } else {
@@ -138,12 +145,27 @@ impl Checkpoint {
     /// Record one delivery whose run ended (durably, before it is counted).
     pub fn append(&mut self, record: &Record) -> Result<(), CliError> {
         self.write(&Line::Delivery(record.clone()))?;
-        self.records.push(record.clone());
+        self.count += 1;
         Ok(())
     }
 
+    /// The deliveries recorded before this open (until [`Checkpoint::take_records`]).
     pub fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    /// The deliveries recorded before this open, handed over once.
+    pub fn take_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// How many deliveries are recorded, those before this open included.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     pub fn resumes(&self) -> u32 {

@@ -68,6 +68,15 @@ const APPROVER: &str = "ops-lead";
 /// of deliveries, so none is skipped).
 const RECENT_RUNS: i64 = 2_000;
 
+/// How long the fakes keep a provider object (PaymentIntent, capture,
+/// refund, order, mail, completion) on the soak's clock before the driver
+/// drops it: two days, longer than any delivery's run can touch it (an
+/// approval expires after an hour, the ingress's idempotency window is a
+/// day), so the duplicate monitor still sees both halves of any duplicate
+/// a run could make, and the fakes' state is bounded by time, not by run
+/// length.
+pub const FAKE_RETENTION: chrono::Duration = chrono::Duration::days(2);
+
 /// A set of the last few thousand run ids (what a check can see again).
 #[derive(Default)]
 struct Recent {
@@ -188,6 +197,17 @@ impl ServeDriver {
         let store = Store::open_with_clock(&url, dyn_clock.clone()).await?;
         let fakes = Arc::new(Fakes::start().await);
         let llm = LlmFake::start_loopback().await;
+        // The providers' time is the soak's: Stripe's idempotency keys
+        // expire after 24 virtual hours.
+        let provider_clock = || {
+            let c = dyn_clock.clone();
+            move || std::time::SystemTime::from(c.now())
+        };
+        fakes.stripe.set_clock(provider_clock());
+        fakes.shopify.set_clock(provider_clock());
+        fakes.printful.set_clock(provider_clock());
+        fakes.sendgrid.set_clock(provider_clock());
+        llm.set_clock(provider_clock());
 
         // The secrets file is the soak's own, written afresh at each start.
         let secrets_path = opts.dir.join("secrets.json");
@@ -735,14 +755,28 @@ impl Driver for ServeDriver {
             }
         }
         self.last_check = self.now();
-        // The monitors read the fakes' state, never their request logs.
-        self.fakes.stripe.forget_requests();
-        self.fakes.shopify.forget_requests();
-        self.fakes.printful.forget_requests();
-        self.fakes.sendgrid.forget_requests();
-        self.llm.forget_requests();
+        // The monitors read the fakes' state, never their request logs; and
+        // objects older than any run that could still touch them are
+        // dropped (nothing is in flight between deliveries).
+        let cutoff = std::time::SystemTime::from(self.now() - FAKE_RETENTION);
+        forget(&self.fakes, &self.llm, cutoff).await;
         Ok(found)
     }
+}
+
+/// Empty the fakes' request logs and drop their objects made before
+/// `cutoff`.
+async fn forget(fakes: &Fakes, llm: &LlmFake, cutoff: std::time::SystemTime) {
+    fakes.stripe.forget_requests().await;
+    fakes.shopify.forget_requests().await;
+    fakes.printful.forget_requests().await;
+    fakes.sendgrid.forget_requests().await;
+    llm.forget_requests().await;
+    fakes.stripe.forget_before(cutoff);
+    fakes.shopify.forget_before(cutoff);
+    fakes.printful.forget_before(cutoff);
+    fakes.sendgrid.forget_before(cutoff);
+    llm.forget_before(cutoff);
 }
 
 /// Side effects the fakes saw twice for one intent.
@@ -770,4 +804,91 @@ fn duplicate_side_effects(fakes: &Fakes, found: &mut Vec<(Invariant, String)>) {
             .map(|m| format!("{} to {}", m.template_id.clone().unwrap_or_default(), m.to.join(",")))
             .collect(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::golden::Setup;
+    use crate::golden::runner::setup;
+
+    /// The fakes and the LLM fake on one clock the test moves (as the soak's).
+    async fn fakes_on(clock: &Arc<Mutex<SystemTime>>) -> (Fakes, LlmFake) {
+        let fakes = Fakes::start().await;
+        let llm = LlmFake::start_loopback().await;
+        let read = |c: &Arc<Mutex<SystemTime>>| {
+            let c = c.clone();
+            move || *c.lock().unwrap()
+        };
+        fakes.stripe.set_clock(read(clock));
+        fakes.shopify.set_clock(read(clock));
+        fakes.printful.set_clock(read(clock));
+        fakes.sendgrid.set_clock(read(clock));
+        llm.set_clock(read(clock));
+        (fakes, llm)
+    }
+
+    fn advance(clock: &Mutex<SystemTime>, by: chrono::Duration) {
+        let mut t = clock.lock().unwrap();
+        *t += by.to_std().unwrap();
+    }
+
+    async fn refund(fakes: &Fakes, pi: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/refunds", fakes.stripe.uri()))
+            .bearer_auth("sk_test_soak")
+            .form(&[("payment_intent", pi), ("amount", "100")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    fn duplicates(fakes: &Fakes) -> Vec<String> {
+        let mut found = Vec::new();
+        duplicate_side_effects(fakes, &mut found);
+        assert!(found.iter().all(|(i, _)| *i == Invariant::DuplicateSideEffect));
+        found.into_iter().map(|(_, d)| d).collect()
+    }
+
+    #[tokio::test]
+    async fn soak_pruning_bounds_the_fakes_state_and_a_duplicate_is_still_detected() {
+        let clock = Arc::new(Mutex::new(SystemTime::from(
+            DateTime::parse_from_rfc3339("2026-03-02T00:00:00Z").unwrap().with_timezone(&Utc),
+        )));
+        let now = |c: &Mutex<SystemTime>| DateTime::<Utc>::from(*c.lock().unwrap());
+        let (fakes, llm) = fakes_on(&clock).await;
+        let captured = |amounts: Vec<i64>| Setup { captured_payments: amounts, ..Setup::default() };
+        // Day 0: an old payment, refunded twice (a duplicate found then).
+        setup(&fakes, &captured(vec![4000])).await.unwrap();
+        let old = fakes.stripe.captures()[0]["id"].as_str().unwrap().to_owned();
+        refund(&fakes, &old).await;
+        refund(&fakes, &old).await;
+        assert_eq!(duplicates(&fakes), vec![format!("refund of {old} happened 2 times")]);
+
+        // Three days on, a check prunes what is older than the retention.
+        advance(&clock, chrono::Duration::days(3));
+        setup(&fakes, &captured(vec![5000])).await.unwrap();
+        let new = fakes.stripe.captures().last().unwrap()["id"].as_str().unwrap().to_owned();
+        forget(&fakes, &llm, SystemTime::from(now(&clock) - FAKE_RETENTION)).await;
+        let ids = |v: Vec<Value>| v.iter().map(|p| p["id"].as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>();
+        assert_eq!(ids(fakes.stripe.captures()), vec![new.clone()], "the old capture is dropped");
+        assert!(fakes.stripe.refunds().is_empty(), "the old refunds are dropped");
+        assert_eq!(ids(fakes.stripe.payment_intents()), vec![new.clone()]);
+        assert!(duplicates(&fakes).is_empty());
+
+        // A duplicate whose halves straddle a check (and its pruning) is
+        // still seen: the first refund is younger than the retention.
+        refund(&fakes, &new).await;
+        advance(&clock, chrono::Duration::hours(30));
+        forget(&fakes, &llm, SystemTime::from(now(&clock) - FAKE_RETENTION)).await;
+        assert!(duplicates(&fakes).is_empty(), "one refund is no duplicate");
+        refund(&fakes, &new).await;
+        forget(&fakes, &llm, SystemTime::from(now(&clock) - FAKE_RETENTION)).await;
+        assert_eq!(duplicates(&fakes), vec![format!("refund of {new} happened 2 times")]);
+        assert!(fakes.stripe.requests().is_empty(), "the request logs are emptied at each check");
+    }
 }

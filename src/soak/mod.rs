@@ -242,15 +242,15 @@ pub async fn run(
     let mut tallies: BTreeMap<String, WorkflowTally> = BTreeMap::new();
     let mut violations: Vec<Violation> = Vec::new();
     let mut last_at = None;
-    for record in checkpoint.records() {
+    let done = checkpoint.len();
+    for record in checkpoint.take_records() {
         gate.push(record.success);
         let t = tallies.entry(record.workflow.clone()).or_default();
         t.runs += 1;
         t.completed += u64::from(record.success);
-        violations.extend(record.violations.iter().cloned());
+        violations.extend(record.violations);
         last_at = Some(record.at);
     }
-    let done = checkpoint.records().len() as u64;
     progress.started(events.len() as u64, done);
     for event in events.iter().skip(done as usize) {
         let now = match config.clock {
@@ -295,7 +295,7 @@ pub async fn run(
     let covered = match (config.clock, last_at) {
         (ClockMode::Virtual, Some(last)) => {
             // The plan's days are covered once the last delivery of the last day ran.
-            let complete = checkpoint.records().len() == events.len();
+            let complete = checkpoint.len() == events.len() as u64;
             if complete { f64::from(config.days) } else { (last - config.start).num_seconds() as f64 / 86_400.0 }
         }
         (ClockMode::Wall, Some(last)) => (last - checkpoint.started_at()).num_seconds() as f64 / 86_400.0,
@@ -324,7 +324,7 @@ pub async fn run(
         verdict: if reasons.is_empty() { "pass" } else { "fail" },
         clock: config.clock,
         days: covered,
-        events: checkpoint.records().len() as u64,
+        events: checkpoint.len(),
         planned_events: events.len() as u64,
         threshold: config.threshold,
         confidence: config.confidence,
