@@ -156,13 +156,16 @@ enum Hashed {
 ///
 /// Replay is serial, but most of its cost is hashing (the step keys and
 /// the response digests go through the JCS crate), and each of those
-/// hashes is a function of one recorded line. So a second thread walks the
-/// transcript in order and hashes every line not yet taken, and the
-/// replaying thread, when it reaches a line, either takes the hash the
-/// other computed (waiting if it is being computed) or, if the other has
-/// not reached the line yet, takes the line and hashes it itself. Each line
-/// is claimed once (an atomic swap), so no hash is computed twice, and the
-/// work balances itself: whichever thread is ahead does more.
+/// hashes is a function of one recorded line. So a second thread first
+/// builds the final state ([`shadow_state`]), then walks the transcript
+/// from its last line back and hashes every line not yet taken, while the
+/// replaying thread, going forward, hashes every line it reaches that the
+/// other has not taken, and takes the other's hash for the rest (waiting
+/// only for the one line being hashed where they meet). Each line is
+/// claimed once (an atomic swap), so no hash is computed twice, and the
+/// work balances itself. (Both walking forward was slower: once the second
+/// thread caught up, it kept one line ahead, and the replaying thread
+/// waited for every hash in turn.)
 struct Ahead<'t> {
     lines: &'t [Line],
     /// Per line: taken by the thread that hashes it.
@@ -213,15 +216,16 @@ impl<'t> Ahead<'t> {
         }
     }
 
-    /// The second thread: hash, in line order, every line that has a hash
-    /// and that the replaying thread has not taken, until the replay ends.
+    /// The second thread: the final state, then, from the last line back,
+    /// the hash of every line that has one and that the replaying thread
+    /// has not taken, until the replay ends.
     fn work(&self, workflow: &Workflow, tenant: &TenantId) {
         // The final state first: meanwhile the replaying thread hashes its
-        // first lines itself, and the other lines are shared out after.
+        // first lines itself. Then the hashes, from the end back.
         let shadow =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shadow_state(self.lines, workflow, &self.stop)));
         let _ = self.shadow.set(shadow.unwrap_or(None));
-        for (i, line) in self.lines.iter().enumerate() {
+        for (i, line) in self.lines.iter().enumerate().rev() {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
