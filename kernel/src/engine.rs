@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::bounds::{Bounds, Termination};
 use crate::contract::{SideEffect, ToolContract};
 use crate::error::{Error, ErrorCode, Result};
-use crate::executor::{CallOptions, Called, Executor, Run};
+use crate::executor::{CallOptions, Called, Executor, Held, Run};
 use crate::llm::agent::{Dialogue, Turn, llm_failed, reply_invalid};
 use crate::llm::{AgentStep, LlmClient};
 use crate::run::{Command, Patch, RunState, RunStatus, StepCall, StepOutcome, receipt_digest, step_key};
@@ -102,11 +102,16 @@ pub struct Engine<'a> {
     transcript_path: Option<String>,
     /// The client agent steps decide with (pinned to their model and prompt).
     llm: Option<&'a LlmClient>,
+    /// Each durable run's state as last stored, by run id: (version, state).
+    /// The next patch applies to it in memory, so a step writes its version
+    /// without reading the last one back (versions never change once
+    /// written, and the insert re-checks that it is still the latest).
+    bases: std::sync::Mutex<HashMap<String, (i64, Value)>>,
 }
 
 impl<'a> Engine<'a> {
     pub fn new(exec: &'a Executor) -> Self {
-        Engine { exec, approvals: None, store: None, transcript_path: None, llm: None }
+        Engine { exec, approvals: None, store: None, transcript_path: None, llm: None, bases: Default::default() }
     }
 
     /// Run agent steps with `llm`: its pin must be each agent step's model
@@ -170,30 +175,38 @@ impl<'a> Engine<'a> {
     pub async fn run(&self, spec: &RunSpec<'_>, transcript: &mut TranscriptWriter) -> Result<RunReport> {
         spec.workflow.validate()?;
         let state = RunState::new(spec.workflow, &spec.run_id, spec.event.clone());
+        let run = match self.store {
+            // Registration, initial state and run_start record in one
+            // transaction (the trace in the same store), then the
+            // transcript's first line: a crash between leaves a registered
+            // run with an empty transcript, which resume starts.
+            Some(store) if self.folds() => {
+                let (run, rec) = self.exec.start_record(&spec.ctx, &spec.run_id, spec.bounds, spec.pins.clone());
+                let patch = parse_patch(&Patch::initial(state.to_value()))?;
+                let initial = crate::state::apply(&crate::state::initial_state(), &patch)?;
+                store
+                    .start_run(&spec.ctx, &new_run(spec, self), &run_entity(spec)?, &initial, &patch, Some(&rec))
+                    .await?;
+                self.keep_base(&spec.run_id, 1, initial);
+                transcript.write(run_start(spec))?;
+                run
+            }
+            store => {
+                if let Some(store) = store {
+                    store.create_run(&spec.ctx, &new_run(spec, self)).await?;
+                    let initial = Patch::initial(state.to_value());
+                    self.persist(spec, 0, &initial).await?;
+                }
+                transcript.write(run_start(spec))?;
+                self.exec.start(&spec.ctx, &spec.run_id, spec.bounds, spec.pins.clone()).await?
+            }
+        };
         // Version 1 is the initial state, stored (durable runs) before the
         // first step; each transition makes the next version.
-        let mut version = 0i64;
-        if let Some(store) = self.store {
-            store
-                .create_run(
-                    &spec.ctx,
-                    &NewRun {
-                        run_id: &spec.run_id,
-                        workflow: &spec.workflow.id,
-                        config_hash: &spec.config_hash,
-                        event: &spec.event,
-                        pins: &spec.pins,
-                        transcript: self.transcript_path.as_deref(),
-                    },
-                )
-                .await?;
-            let initial = Patch::initial(state.to_value());
-            self.persist(spec, version, &initial).await?;
-        }
-        version = 1;
-        transcript.write(run_start(spec))?;
-        let run = self.exec.start(&spec.ctx, &spec.run_id, spec.bounds, spec.pins.clone()).await?;
-        self.drive(spec, run, state, version, Vec::new(), AgentMemo::default(), transcript).await
+        let version = 1;
+        let report = self.drive(spec, run, state, version, Vec::new(), AgentMemo::default(), transcript).await;
+        self.forget_base(&spec.run_id);
+        report
     }
 
     /// Pick up a run this engine's store knows, from its last committed
@@ -213,14 +226,15 @@ impl<'a> Engine<'a> {
         };
         spec.workflow.validate()?;
         let entity = run_entity(spec)?;
-        if store.run_record(&spec.ctx, &spec.run_id).await?.is_none() {
+        let Some(record) = store.run_record(&spec.ctx, &spec.run_id).await? else {
             return Err(Error::new(ErrorCode::RunNotFound, format!("no run {} in this store", spec.run_id)));
-        }
+        };
         let (state, version) = match store.state(&spec.ctx, &entity).await? {
             Some(saved) => {
-                let state: RunState = serde_json::from_value(saved.state).map_err(|e| {
+                let state: RunState = serde_json::from_value(saved.state.clone()).map_err(|e| {
                     Error::new(ErrorCode::StoreCorrupt, format!("the state of run {} does not parse: {e}", spec.run_id))
                 })?;
+                self.keep_base(&spec.run_id, saved.version, saved.state);
                 (state, saved.version)
             }
             None => {
@@ -233,6 +247,23 @@ impl<'a> Engine<'a> {
         };
         let finished = history.iter().any(|e| matches!(e, Entry::RunEnd { .. }));
         if state.status.is_terminal() && finished {
+            self.forget_base(&spec.run_id);
+            if record.status != state.status.as_str() {
+                // The process died after the transcript's run_end, before
+                // the run's end was stored (run_end record and status, one
+                // transaction): store it now.
+                let last_seq = store.last_trace_seq(&spec.ctx, &spec.run_id).await?;
+                let steps = u32::try_from(state.path.len()).unwrap_or(u32::MAX);
+                let mut run = self.exec.resume(&spec.ctx, &spec.run_id, spec.bounds, last_seq, steps).await?;
+                let t = state.termination.unwrap_or(Termination::Completed);
+                let end = if self.folds() {
+                    self.exec.finish_record(&mut run, t).ok()
+                } else {
+                    let _ = self.exec.finish(&mut run, t).await;
+                    None
+                };
+                self.store_end(spec, store, &mut run, &state, None, end).await?;
+            }
             return self.report(spec, &state, state.hash()?, crate::trace::Cost::default(), Vec::new(), None);
         }
         // A terminal state without its run_end (the process died while
@@ -247,7 +278,9 @@ impl<'a> Engine<'a> {
         let receipts = crate::replay::receipts_at(history, spec.workflow, self.exec.registry(), version)?;
         transcript.write(Entry::Resumed { state_version: version })?;
         let memo = AgentMemo::from_history(history);
-        self.drive(spec, run, state, version, receipts, memo, transcript).await
+        let report = self.drive(spec, run, state, version, receipts, memo, transcript).await;
+        self.forget_base(&spec.run_id);
+        report
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -279,9 +312,9 @@ impl<'a> Engine<'a> {
             // by a search through the workflow's steps (O(n²) over a run).
             let agent = state.cursor_step(spec.workflow, &call.step).ok().and_then(|(_, s)| s.agent.as_ref());
             let mut d = Driving { spec, run: &mut run, state: &mut state, version: &mut version, transcript };
-            let (result, replayed, effect, key, ended_ok) = if let Some(agent) = agent {
+            let (result, replayed, effect, key, ended_ok, held) = if let Some(agent) = agent {
                 match self.agent_step(&mut d, &memo, &mut receipts, agent, &call).await? {
-                    StepEnd::Done(result) => (result, false, false, None, "the run ended during the agent step"),
+                    StepEnd::Done(result) => (result, false, false, None, "the run ended during the agent step", None),
                     StepEnd::Waiting(id) => {
                         waiting_for = Some(id);
                         break;
@@ -311,44 +344,75 @@ impl<'a> Engine<'a> {
                 };
                 let external = key.as_ref().map(|k| k.key.external());
                 d.transcript.write(call.request_entry(external, self.exec.clock().now()))?;
+                // With the trace in the run's store, the call's record (and
+                // a side effect's result and receipt) stay uncommitted, to
+                // commit with the step's state version: one commit a step.
                 let opts =
                     CallOptions { state_key: Some(&call.step), approved, idempotency: key.as_ref().map(|k| &k.key) };
-                let called = self.exec.call_with(d.run, &call.tool, &call.version, call.input.clone(), opts).await;
+                let input = call.input.clone();
+                let (called, held) = if self.folds() {
+                    self.exec.call_held(d.run, &call.tool, &call.version, input, opts).await
+                } else {
+                    (self.exec.call_with(d.run, &call.tool, &call.version, input, opts).await, None)
+                };
                 let (replayed, effect) = effect_of(&called, side_effect);
-                (called.map(|c| c.value), replayed, effect, key, "the run ended during the call")
+                (called.map(|c| c.value), replayed, effect, key, "the run ended during the call", held)
             };
-            let at = self.exec.clock().now();
-            let outcome = StepOutcome::from_result(&result);
-            let ended = ended_by(&run, &result);
-            let patch = transition(spec.workflow, &mut state, &call, &outcome, ended, ended_ok)?;
-            // The response line carries the transition (without the output
-            // it already holds); the store gets the whole patch.
-            transcript.write(Entry::ToolResponse {
-                step: call.step.clone(),
-                visit: call.visit,
-                outcome: outcome.clone(),
-                at,
-                replayed,
-                effect,
-                ended,
-                version: version + 1,
-                patch: patch.clone(),
-            })?;
-            if let (true, Ok(output), Some(key)) = (effect, &result, &key) {
-                receipts.push(receipt_digest(&call, key, output)?);
+            // The transition and the transcript's response line, in memory
+            // and the file; nothing here may drop `held` uncommitted.
+            let recorded = (|| -> Result<Patch> {
+                let at = self.exec.clock().now();
+                let outcome = StepOutcome::from_result(&result);
+                let ended = ended_by(&run, &result);
+                let patch = transition(spec.workflow, &mut state, &call, &outcome, ended, ended_ok)?;
+                // The response line carries the transition (without the
+                // output it already holds); the store gets the whole patch.
+                transcript.write(Entry::ToolResponse {
+                    step: call.step.clone(),
+                    visit: call.visit,
+                    outcome: outcome.clone(),
+                    at,
+                    replayed,
+                    effect,
+                    ended,
+                    version: version + 1,
+                    patch: patch.clone(),
+                })?;
+                if let (true, Ok(output), Some(key)) = (effect, &result, &key) {
+                    receipts.push(receipt_digest(&call, key, output)?);
+                }
+                Ok(match (&outcome, ended) {
+                    (StepOutcome::Ok { output }, None) => patch.with_output(&call.step, output),
+                    _ => patch,
+                })
+            })();
+            match (recorded, held) {
+                (Ok(stored), Some(held)) => self.persist_held(spec, &mut run, version, &stored, held).await?,
+                (Ok(stored), None) => self.persist(spec, version, &stored).await?,
+                (Err(e), held) => {
+                    // The call's own writes stand (a receipt is never lost).
+                    if let Some(held) = held {
+                        self.exec.settle(&mut run, held).await?;
+                    }
+                    return Err(e);
+                }
             }
-            let stored = match (&outcome, ended) {
-                (StepOutcome::Ok { output }, None) => patch.with_output(&call.step, output),
-                _ => patch,
-            };
-            self.persist(spec, version, &stored).await?;
             version += 1;
         }
+        // The run_end record: with the trace in the run's store, written
+        // with the run's status after the transcript's run_end (one
+        // transaction; a crash between is finished by resume); else first,
+        // as before.
+        let mut end = None;
         if state.status.is_terminal() && run.termination().is_none() {
             let t = state.termination.unwrap_or(Termination::Completed);
             // If even the run-end trace record cannot be written the run is
             // already ended as trace_write_failed; the state keeps its reason.
-            let _ = self.exec.finish(&mut run, t).await;
+            if self.folds() {
+                end = self.exec.finish_record(&mut run, t).ok();
+            } else {
+                let _ = self.exec.finish(&mut run, t).await;
+            }
         }
         let state_sha256 = state.hash()?;
         if state.status.is_terminal() {
@@ -360,10 +424,42 @@ impl<'a> Engine<'a> {
             })?;
         }
         if let Some(store) = self.store {
-            let termination = state.termination.map(|t| t.as_str());
-            store.set_run_status(&spec.ctx, &spec.run_id, state.status, waiting_for.as_deref(), termination).await?;
+            self.store_end(spec, store, &mut run, &state, waiting_for.as_deref(), end).await?;
         }
         self.report(spec, &state, state_sha256, run.cost(), receipts, waiting_for)
+    }
+
+    /// Store where the run is (status, the approval it waits for, how it
+    /// ended) and, when it ended here, its run_end record `end`, in one
+    /// transaction; if that fails, the record alone and then the status.
+    async fn store_end(
+        &self,
+        spec: &RunSpec<'_>,
+        store: &Store,
+        run: &mut Run,
+        state: &RunState,
+        waiting_for: Option<&str>,
+        end: Option<crate::trace::TraceRecord>,
+    ) -> Result<()> {
+        let termination = state.termination.map(|t| t.as_str());
+        let together = store.end_run(&spec.ctx, &spec.run_id, state.status, waiting_for, termination, end.as_ref());
+        match (together.await, end) {
+            (Ok(()), _) => Ok(()),
+            (Err(e), None) => Err(e),
+            (Err(_), Some(rec)) => {
+                let _ = self.exec.write_record(run, rec).await;
+                store.set_run_status(&spec.ctx, &spec.run_id, state.status, waiting_for, termination).await
+            }
+        }
+    }
+
+    /// Whether a step's writes and its state version can commit together:
+    /// the run is kept in a store and its trace goes to the same database.
+    fn folds(&self) -> bool {
+        match (self.store, self.exec.trace_store()) {
+            (Some(store), Some(trace)) => store.same_pool(trace),
+            _ => false,
+        }
     }
 
     /// Ask the approval policy about `call` (a declared step's, or an agent
@@ -609,10 +705,97 @@ impl<'a> Engine<'a> {
     /// Store `patch` as the version after `version` (durable runs only).
     async fn persist(&self, spec: &RunSpec<'_>, version: i64, patch: &Patch) -> Result<()> {
         let Some(store) = self.store else { return Ok(()) };
-        let parsed: json_patch::Patch = serde_json::from_value(patch.to_value())
-            .map_err(|e| Error::new(ErrorCode::RunTransitionInvalid, format!("a run patch does not parse: {e}")))?;
-        store.apply_patch(&spec.ctx, &run_entity(spec)?, version, &parsed).await?;
+        let parsed = parse_patch(patch)?;
+        let entity = run_entity(spec)?;
+        let stored = match self.next_state(&spec.run_id, version, &parsed)? {
+            Some(next) => store.put_state(&spec.ctx, &entity, version, next, &parsed).await?,
+            // Not held here (a resumed run's first write after its read
+            // failed): read, apply, write.
+            None => store.apply_patch(&spec.ctx, &entity, version, &parsed).await?,
+        };
+        self.keep_base(&spec.run_id, stored.version, stored.state);
         Ok(())
+    }
+
+    /// [`Engine::persist`] in the transaction `held` of the step's call
+    /// (its trace record, a side effect's result and receipt): one commit.
+    /// A version another process wrote first is `STATE_CONFLICT`, and the
+    /// call's writes commit all the same: a side effect that happened keeps
+    /// its receipt. If the transaction fails, the call's writes are made
+    /// apart ([`Executor::redo`]) and the state is written after them.
+    async fn persist_held(
+        &self,
+        spec: &RunSpec<'_>,
+        run: &mut Run,
+        version: i64,
+        patch: &Patch,
+        mut held: Held,
+    ) -> Result<()> {
+        let prepared = (|| -> Result<_> {
+            let store = self.store.ok_or_else(|| Error::new(ErrorCode::InvalidInput, "no store"))?;
+            let parsed = parse_patch(patch)?;
+            let next = self.next_state(&spec.run_id, version, &parsed)?;
+            Ok((store, parsed, run_entity(spec)?, next))
+        })();
+        let (store, parsed, entity, next) = match prepared {
+            Ok((store, parsed, entity, Some(next))) => (store, parsed, entity, next),
+            _ => {
+                self.exec.settle(run, held).await?;
+                return self.persist(spec, version, patch).await;
+            }
+        };
+        match store.put_state_in(held.tx(), &spec.ctx, &entity, version, &next, &parsed).await {
+            Ok(true) => {
+                if self.exec.settle(run, held).await? {
+                    self.keep_base(&spec.run_id, version + 1, next);
+                    Ok(())
+                } else {
+                    // The call's writes were made apart; the state alone.
+                    self.persist(spec, version, patch).await
+                }
+            }
+            Ok(false) => {
+                self.exec.settle(run, held).await?;
+                Err(Error::new(
+                    ErrorCode::StateConflict,
+                    format!(
+                        "state of {entity} moved past version {version}: another process drives run {}",
+                        spec.run_id
+                    ),
+                ))
+            }
+            Err(_) => {
+                self.exec.redo(run, held).await?;
+                self.persist(spec, version, patch).await
+            }
+        }
+    }
+
+    /// What `patch` makes of the run's state at `version` as this engine
+    /// last stored (or read) it; `None` when it does not hold that version.
+    /// The held state is taken out: a failed write leaves none, and the
+    /// next write reads.
+    fn next_state(&self, run_id: &str, version: i64, patch: &json_patch::Patch) -> Result<Option<Value>> {
+        let mut base = if version == 0 {
+            crate::state::initial_state()
+        } else {
+            let mut bases = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+            match bases.remove(run_id) {
+                Some((v, state)) if v == version => state,
+                _ => return Ok(None),
+            }
+        };
+        json_patch::patch(&mut base, patch)
+            .map_err(|e| Error::new(ErrorCode::StatePatchInvalid, format!("the state patch does not apply: {e}")))?;
+        Ok(Some(base))
+    }
+
+    fn keep_base(&self, run_id: &str, version: i64, state: Value) {
+        self.bases.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.to_owned(), (version, state));
+    }
+
+    fn forget_base(&self, run_id: &str) {
+        self.bases.lock().unwrap_or_else(|p| p.into_inner()).remove(run_id);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -741,6 +924,24 @@ fn run_start(spec: &RunSpec<'_>) -> Entry {
         config_hash: spec.config_hash.clone(),
         pins: spec.pins.clone(),
         event: spec.event.clone(),
+    }
+}
+
+/// A run patch as the store applies it.
+fn parse_patch(patch: &Patch) -> Result<json_patch::Patch> {
+    serde_json::from_value(patch.to_value())
+        .map_err(|e| Error::new(ErrorCode::RunTransitionInvalid, format!("a run patch does not parse: {e}")))
+}
+
+/// The registration of `spec`'s run.
+fn new_run<'s>(spec: &'s RunSpec<'_>, engine: &'s Engine<'_>) -> NewRun<'s> {
+    NewRun {
+        run_id: &spec.run_id,
+        workflow: &spec.workflow.id,
+        config_hash: &spec.config_hash,
+        event: &spec.event,
+        pins: &spec.pins,
+        transcript: engine.transcript_path.as_deref(),
     }
 }
 

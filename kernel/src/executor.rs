@@ -44,7 +44,7 @@ use crate::idempotency::{Begin, Claim, IdempotencyKey, KeyParts, StoredResult, r
 use crate::permission::{Decision, EXECUTE, PermissionEnforcer};
 use crate::receipts::NewReceipt;
 use crate::redaction::{RedactionPolicy, RedactionStats};
-use crate::store::Store;
+use crate::store::{Store, TenantTx};
 use crate::tenant::TenantContext;
 use crate::trace::{Cost, RecordKind, TraceRecord, TraceSink, TracedError};
 
@@ -120,6 +120,44 @@ pub struct CallOptions<'a> {
     /// the engine). Without one, a durable executor derives it from the run
     /// and the call's sequence number.
     pub idempotency: Option<&'a IdempotencyKey>,
+}
+
+/// A call's writes, made in an open transaction of the trace store and not
+/// yet committed ([`Executor::call_held`]): the caller adds its own write to
+/// [`Held::tx`] and commits, or hands it back with [`Executor::settle`]
+/// (commit as it is) or [`Executor::redo`] (after the transaction failed).
+/// Dropping it rolls the writes back: a side effect's receipt would be lost,
+/// so every path must end in a commit, `settle` or `redo`.
+pub struct Held {
+    tx: TenantTx,
+    redo: Redo,
+}
+
+/// What a held transaction wrote, to write again apart if it fails.
+enum Redo {
+    /// A call's trace record.
+    Record(Box<TraceRecord>),
+    /// A side effect's result, receipt and trace record.
+    Completion(Box<Completion>),
+}
+
+/// A side effect's writes, as [`Redo::Completion`] keeps them.
+struct Completion {
+    claim: Claim,
+    response: Value,
+    receipt: NewReceipt,
+    rec: TraceRecord,
+    /// The record as it is written if the receipt cannot be (no output).
+    unreceipted: TraceRecord,
+    tool: String,
+    id: String,
+}
+
+impl Held {
+    /// The transaction holding the call's writes.
+    pub fn tx(&mut self) -> &mut TenantTx {
+        &mut self.tx
+    }
 }
 
 /// Where side effects are made exactly once: the store that holds
@@ -323,6 +361,15 @@ impl Executor {
     /// Start a run under `ctx` (its principal is the one permissions check).
     /// The run-start record must be written, or there is no run.
     pub async fn start(&self, ctx: &TenantContext, run_id: &str, bounds: Bounds, pins: Value) -> Result<Run> {
+        let (mut run, rec) = self.start_record(ctx, run_id, bounds, pins);
+        self.write(&mut run, rec).await?;
+        Ok(run)
+    }
+
+    /// [`Executor::start`] whose `run_start` record the caller writes, in
+    /// its own transaction (with the run's registration and initial state:
+    /// [`Store::start_run`]); if that fails there is no run.
+    pub fn start_record(&self, ctx: &TenantContext, run_id: &str, bounds: Bounds, pins: Value) -> (Run, TraceRecord) {
         let mut run = Run {
             id: run_id.to_owned(),
             ctx: ctx.clone(),
@@ -334,8 +381,7 @@ impl Executor {
         };
         let mut rec = self.record(&mut run, RecordKind::RunStart);
         rec.detail = Some(serde_json::json!({ "principal": ctx.principal().as_str(), "bounds": bounds, "pins": pins }));
-        self.write(&mut run, rec).await?;
-        Ok(run)
+        (run, rec)
     }
 
     /// Pick up run `run_id` again after a crash or a pause: its trace goes
@@ -403,6 +449,83 @@ impl Executor {
         input: Value,
         opts: CallOptions<'_>,
     ) -> Result<Called> {
+        self.checked_call(run, tool, version, input, opts, None).await
+    }
+
+    /// [`Executor::call_with`] that leaves the call's writes (its trace
+    /// record; a side effect's result and receipt with it) uncommitted in a
+    /// transaction of the trace store, returned beside the answer, for the
+    /// caller to commit with its own write (the engine's state version).
+    /// Only where the trace sink is a store, and only on the plain path: a
+    /// call that fails, whose output is refused, that sets off the redaction
+    /// scanner or uses tokens commits as [`Executor::call_with`] does.
+    pub async fn call_held(
+        &self,
+        run: &mut Run,
+        tool: &str,
+        version: &str,
+        input: Value,
+        opts: CallOptions<'_>,
+    ) -> (Result<Called>, Option<Held>) {
+        let mut held = None;
+        let called = self.checked_call(run, tool, version, input, opts, Some(&mut held)).await;
+        (called, held)
+    }
+
+    /// Commit `held` as it is (without a write of the caller's); if the
+    /// commit fails, its writes are made apart ([`Executor::redo`]).
+    /// `true` when it committed (with whatever the caller added to it);
+    /// `false` when it did not and the call's writes were made apart (what
+    /// the caller added is lost: write it again).
+    pub async fn settle(&self, run: &mut Run, held: Held) -> Result<bool> {
+        let Held { tx, redo } = held;
+        match tx.commit().await {
+            Ok(()) => Ok(true),
+            Err(_) => self.redo_writes(run, redo).await.map(|()| false),
+        }
+    }
+
+    /// `held`'s writes, apart, after its transaction failed (and rolled
+    /// back): as an unheld call writes them when its combined write fails.
+    /// A trace record that cannot be written ends the run
+    /// (`TRACE_WRITE_FAILED`); a receipt that cannot be blocks the tool and
+    /// is `RECEIPT_WRITE_FAILED`: the effect happened and is not proven.
+    pub async fn redo(&self, run: &mut Run, held: Held) -> Result<()> {
+        let Held { tx, redo } = held;
+        drop(tx);
+        self.redo_writes(run, redo).await
+    }
+
+    async fn redo_writes(&self, run: &mut Run, redo: Redo) -> Result<()> {
+        match redo {
+            Redo::Record(rec) => self.append(run, &rec).await,
+            Redo::Completion(c) => {
+                let Completion { claim, response, receipt, rec, unreceipted, tool, id } = *c;
+                let Some(d) = &self.durability else {
+                    return self.append(run, &rec).await;
+                };
+                match d.store.idempotency_complete(&run.ctx, &claim, &response, &receipt).await {
+                    Ok(_) => self.append(run, &rec).await,
+                    Err(e) => Err(self.unreceipted(run, d, &tool, &id, unreceipted, &e).await),
+                }
+            }
+        }
+    }
+
+    /// The store the trace goes to, when the trace sink is one.
+    pub fn trace_store(&self) -> Option<&Store> {
+        self.trace.store()
+    }
+
+    async fn checked_call(
+        &self,
+        run: &mut Run,
+        tool: &str,
+        version: &str,
+        input: Value,
+        opts: CallOptions<'_>,
+        held: Option<&mut Option<Held>>,
+    ) -> Result<Called> {
         self.ensure_live(run)?;
         if let Err(t) = run.bounds.begin_tool_call() {
             return Err(self.end_on_bound(run, t, Some(format!("{tool}@{version}"))).await);
@@ -449,7 +572,7 @@ impl Executor {
                 format!("run {} ended: {} repeats itself", run.id, contract.id()),
             ));
         }
-        self.execute(run, contract, input, decision, opts).await
+        self.execute(run, contract, input, decision, opts, held).await
     }
 
     async fn execute(
@@ -459,8 +582,14 @@ impl Executor {
         input: Value,
         decision: Decision,
         opts: CallOptions<'_>,
+        held: Option<&mut Option<Held>>,
     ) -> Result<Called> {
         let state_key = opts.state_key;
+        let mut no_hold = None;
+        let (may_hold, held) = match held {
+            Some(h) => (true, h),
+            None => (false, &mut no_hold),
+        };
         let Some(tool) = self.tools.get(&contract.name).and_then(|v| v.get(&contract.version)).cloned() else {
             let e = Error::new(
                 ErrorCode::ToolUnknown,
@@ -512,7 +641,9 @@ impl Executor {
                     rec.state_diff = Some(serde_json::json!([{ "op": "add", "path": pointer, "value": output }]));
                 }
                 rec.output = Some(output);
-                self.write(run, rec).await?;
+                if !(may_hold && self.hold_record(run, &rec, held).await) {
+                    self.write(run, rec).await?;
+                }
                 let receipt = if own { stored.receipt_id } else { None };
                 return Ok(Called { value: stored.response, replayed: true, receipt });
             }
@@ -610,17 +741,39 @@ impl Executor {
         if let Some(e) = &output_error {
             rec.error = Some(TracedError::from(e));
         }
+        // Held for the caller's commit only on the plain path: no refused
+        // output, no scanner alert to record after, no tokens to count.
+        let hold = may_hold && output_error.is_none() && out.tokens == 0 && !has_alerts(&rec);
         let mut receipt = None;
         let mut traced = false;
         if let (Some(claim), Some(d), Some(request_sha256)) = (&claim, &self.durability, request_sha256) {
             let new = self.new_receipt(run, contract, claim, request_sha256, input_money, &out.value, started_at);
             // The result, its receipt and the call's trace record in one
-            // transaction when the trace goes to the same database; else (or
-            // if that fails) the receipt first, then the record, as before.
+            // transaction when the trace goes to the same database (held
+            // open for the caller's state version with `hold`); else (or if
+            // that fails) the receipt first, then the record, as before.
             let stored = match new {
                 Err(e) => Err(e),
                 Ok(new) => {
                     let together = match self.trace.store().filter(|s| s.same_pool(&d.store)) {
+                        Some(store) if hold => {
+                            match store.idempotency_complete_open(&run.ctx, claim, &out.value, &new, Some(&rec)).await {
+                                Ok((r, tx)) => {
+                                    let redo = Redo::Completion(Box::new(Completion {
+                                        claim: claim.clone(),
+                                        response: out.value.clone(),
+                                        receipt: new.clone(),
+                                        rec: rec.clone(),
+                                        unreceipted: unreceipted.clone().unwrap_or_else(|| rec.clone()),
+                                        tool: contract.name.clone(),
+                                        id: contract.id(),
+                                    }));
+                                    *held = Some(Held { tx, redo });
+                                    Some(r)
+                                }
+                                Err(_) => None,
+                            }
+                        }
                         Some(store) => {
                             store.idempotency_complete_traced(&run.ctx, claim, &out.value, &new, Some(&rec)).await.ok()
                         }
@@ -636,23 +789,14 @@ impl Executor {
             match stored {
                 Ok(r) => receipt = Some(r.receipt_id),
                 Err(e) => {
-                    // The effect happened and cannot be proven: the call
-                    // failed, and the tool stays blocked until reconciled.
-                    let _ = d.store.block_tool(&run.ctx, &contract.name, e.message()).await;
-                    let e = Error::new(
-                        ErrorCode::ReceiptWriteFailed,
-                        format!(
-                            "{} ran but its receipt could not be written ({}); the tool is blocked until reconciled",
-                            contract.id(),
-                            e.code()
-                        ),
-                    );
-                    let mut rec = unreceipted.unwrap_or(rec);
-                    rec.error = Some(TracedError::from(&e));
-                    self.write(run, rec).await?;
-                    return Err(e);
+                    let rec = unreceipted.unwrap_or(rec);
+                    return Err(self.unreceipted(run, d, &contract.name, &contract.id(), rec, &e).await);
                 }
             }
+        } else if hold {
+            // A read (or a call without durability): its record alone,
+            // held for the caller's state version.
+            traced = self.hold_record(run, &rec, held).await;
         }
         if traced {
             self.alert_after(run, &rec).await?;
@@ -663,9 +807,56 @@ impl Executor {
             return Err(e);
         }
         if let Err(t) = run.bounds.add_tokens(out.tokens) {
+            if let Some(h) = held.take() {
+                self.settle(run, h).await?;
+            }
             return Err(self.end_on_bound(run, t, Some(contract.id())).await);
         }
         Ok(Called { value: out.value, replayed: false, receipt })
+    }
+
+    /// Write `rec` into a new transaction of the trace store, held for the
+    /// caller (`true`); `false` (nothing written) when the sink is no store,
+    /// the record needs an alert after it, or the write failed: the caller
+    /// then writes it as usual.
+    async fn hold_record(&self, run: &Run, rec: &TraceRecord, held: &mut Option<Held>) -> bool {
+        let Some(store) = self.trace.store() else { return false };
+        if has_alerts(rec) {
+            return false;
+        }
+        let Ok(mut tx) = store.begin(&run.ctx).await else { return false };
+        if crate::trace::insert_trace(&mut tx, &run.ctx, rec).await.is_err() {
+            return false;
+        }
+        *held = Some(Held { tx, redo: Redo::Record(Box::new(rec.clone())) });
+        true
+    }
+
+    /// A side effect whose receipt could not be written (`e`): the call
+    /// failed, and the tool stays blocked until reconciled; `rec` (without
+    /// the output) is traced with the error.
+    async fn unreceipted(
+        &self,
+        run: &mut Run,
+        d: &Durability,
+        tool: &str,
+        id: &str,
+        mut rec: TraceRecord,
+        e: &Error,
+    ) -> Error {
+        let _ = d.store.block_tool(&run.ctx, tool, e.message()).await;
+        let e = Error::new(
+            ErrorCode::ReceiptWriteFailed,
+            format!(
+                "{id} ran but its receipt could not be written ({}); the tool is blocked until reconciled",
+                e.code()
+            ),
+        );
+        rec.error = Some(TracedError::from(&e));
+        match self.write(run, rec).await {
+            Ok(()) => e,
+            Err(trace_error) => trace_error,
+        }
     }
 
     /// Claim the idempotency key of a side effect (durable executors only):
@@ -681,7 +872,6 @@ impl Executor {
         let Some(d) = self.durability.as_ref().filter(|_| contract.side_effect != SideEffect::Read) else {
             return Ok(Claimed::Execute(None));
         };
-        d.store.ensure_tool_unblocked(&run.ctx, &contract.name).await?;
         let derived;
         let key = match key {
             Some(k) => k,
@@ -700,7 +890,17 @@ impl Executor {
         let execution_id = format!("{}/{}", run.id, &key.internal()[..16]);
         let fingerprint = request_fingerprint(input)?;
         let wait = contract.timeout.min(run.bounds.remaining());
-        match d.store.idempotency_wait(&run.ctx, key, &fingerprint, &execution_id, d.window, wait).await? {
+        // The tool's block is checked by the claim's own statement.
+        let claimed = d.store.idempotency_wait_unblocked(
+            &run.ctx,
+            &contract.name,
+            key,
+            &fingerprint,
+            &execution_id,
+            d.window,
+            wait,
+        );
+        match claimed.await? {
             Begin::Execute(claim) => Ok(Claimed::Execute(Some(claim))),
             Begin::Replay(stored) => {
                 let own = stored.execution_id == execution_id;
@@ -782,6 +982,20 @@ impl Executor {
     pub async fn finish(&self, run: &mut Run, termination: Termination) -> Result<()> {
         self.ensure_live(run)?;
         self.end(run, termination).await
+    }
+
+    /// [`Executor::finish`] whose `run_end` record the caller writes, in
+    /// its own transaction (with the run's status: [`Store::end_run`]), or
+    /// hands back with [`Executor::write_record`] if that fails.
+    pub fn finish_record(&self, run: &mut Run, termination: Termination) -> Result<TraceRecord> {
+        self.ensure_live(run)?;
+        Ok(self.end_record(run, termination))
+    }
+
+    /// Write a record [`Executor::finish_record`] made, alone: failure ends
+    /// the run as `trace_write_failed`, as any trace write's does.
+    pub async fn write_record(&self, run: &mut Run, rec: TraceRecord) -> Result<()> {
+        self.write(run, rec).await
     }
 
     fn ensure_live(&self, run: &Run) -> Result<()> {
@@ -891,13 +1105,24 @@ impl Executor {
     }
 
     async fn end(&self, run: &mut Run, t: Termination) -> Result<()> {
+        let rec = self.end_record(run, t);
+        self.write(run, rec).await
+    }
+
+    fn end_record(&self, run: &mut Run, t: Termination) -> TraceRecord {
         let mut rec = self.record(run, RecordKind::RunEnd);
         rec.termination = Some(t);
         rec.cost = run.cost;
         rec.detail = serde_json::to_value(run.bounds.usage()).ok();
         run.ended = Some(t);
-        self.write(run, rec).await
+        rec
     }
+}
+
+/// Whether `rec`'s payloads set off the redaction scanner (an alert record
+/// follows it).
+fn has_alerts(rec: &TraceRecord) -> bool {
+    rec.detail.as_ref().is_some_and(|d| d.get("redaction_alerts").is_some())
 }
 
 /// A SHA-256 fingerprint of a tool's arguments that is equal for equal JSON

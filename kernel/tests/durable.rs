@@ -118,6 +118,13 @@ impl TraceSink for HookedSink {
 }
 
 fn executor(store: &Store, provider: &Arc<Provider>, crash: &Arc<Crash>) -> Executor {
+    executor_with(store, provider, crash, false)
+}
+
+/// `folded`: the store itself is the trace sink (no crash hook on trace
+/// writes), so a step's record, result, receipt and state version commit
+/// in one transaction, as `autobiz run` and the golden runner do.
+fn executor_with(store: &Store, provider: &Arc<Provider>, crash: &Arc<Crash>, folded: bool) -> Executor {
     let mut r = ToolRegistry::new();
     let obj = |props: Value| json!({"type": "object", "properties": props});
     for (name, side, input) in [
@@ -154,7 +161,8 @@ fn executor(store: &Store, provider: &Arc<Provider>, crash: &Arc<Crash>) -> Exec
         "agent:shop",
         &["order.get", "pay.capture", "ship.create", "mail.send", "ship.broken", "pay.refund"],
     )]);
-    let sink = Arc::new(HookedSink(store.clone(), crash.clone()));
+    let sink: Arc<dyn TraceSink> =
+        if folded { Arc::new(store.clone()) } else { Arc::new(HookedSink(store.clone(), crash.clone())) };
     let mut exec =
         Executor::new(r, perms, LoopPolicy::default(), RedactionPolicy::default(), sink, Arc::new(SystemClock))
             .with_durability(Durability { store: store.clone(), window: Duration::from_secs(86_400) });
@@ -292,7 +300,7 @@ async fn duplicate_trigger_makes_no_second_effect(db: TestDatabase) {
 both!(inv05_duplicate_trigger_makes_no_second_effect, duplicate_trigger_makes_no_second_effect);
 
 /// Run `wf` for `order` until crash point `k`, drop it there (the crash),
-/// then resume it from the store to its end.
+/// then resume it from the store to its end (`folded`: see `executor_with`).
 async fn crash_then_resume(
     store: &Store,
     wf: &Workflow,
@@ -300,12 +308,13 @@ async fn crash_then_resume(
     order: &str,
     k: usize,
     path: &std::path::Path,
+    folded: bool,
 ) -> (Arc<Provider>, autobiz_kernel::engine::RunReport, Executor) {
     let provider = Arc::new(Provider::default());
     let crash = Arc::new(Crash::default());
     *crash.at.lock().unwrap() = Some(k);
     {
-        let exec = executor(store, &provider, &crash);
+        let exec = executor_with(store, &provider, &crash, folded);
         let s = spec(wf, run_id, order);
         let mut w = TranscriptWriter::create(path).unwrap();
         let engine = engine(&exec, store);
@@ -315,46 +324,139 @@ async fn crash_then_resume(
         }
         // Dropping the future here is the crash.
     }
-    let exec = executor(store, &provider, &Arc::new(Crash::default()));
+    let exec = executor_with(store, &provider, &Arc::new(Crash::default()), folded);
     let s = spec(wf, run_id, order);
     let (mut w, history) = TranscriptWriter::resume(path).unwrap();
     let report = engine(&exec, store).resume(&s, &history, &mut w).await.unwrap();
     (provider, report, exec)
 }
 
+/// Crash `workflow()` at point `k`, resume, and check: the run completes,
+/// the provider made each effect once, the store holds one receipt per
+/// effect and the run's status, and the transcript (crash included) replays.
+async fn crash_then_complete(
+    store: &Store,
+    wf: &Workflow,
+    run_id: &str,
+    order: &str,
+    k: usize,
+    path: &std::path::Path,
+    folded: bool,
+) {
+    let (provider, report, exec) = crash_then_resume(store, wf, run_id, order, k, path, folded).await;
+    assert_eq!(report.status, RunStatus::Completed, "crash point {k}");
+    assert_eq!(provider.effects.lock().unwrap().len(), 3, "crash point {k}: an effect was duplicated or lost");
+    let receipts = store.receipts(&ctx(), run_id).await.unwrap();
+    assert_eq!(receipts.len(), 3, "crash point {k}: receipts {receipts:?}");
+    assert_eq!(store.run_record(&ctx(), run_id).await.unwrap().unwrap().status, "COMPLETED");
+    let t = Transcript::read(path).unwrap();
+    match replay(&t, wf, exec.registry(), CONFIG).unwrap() {
+        ReplayOutcome::Identical(r) => assert_eq!(r.state_sha256, report.state_sha256, "crash point {k}"),
+        ReplayOutcome::Diverged(d) => panic!("crash point {k}: {d:?}"),
+    }
+}
+
 /// Crash at every hook of the run, resume, and check: the run completes,
 /// the provider made each effect once, the store holds one receipt per
 /// effect, and the transcript (crash included) replays.
 async fn crash_at_every_point_then_resume(db: TestDatabase) {
+    crash_everywhere(db, false).await;
+}
+both!(p1_t12_crash_at_every_point_then_resume, crash_at_every_point_then_resume);
+
+/// The same with the store as the trace sink: each step's record, result,
+/// receipt and state version commit in one transaction (and a run's start
+/// and end in one each). A crash before or after each provider effect,
+/// then resume: each effect once, one receipt each, the transcript replays.
+async fn crash_with_one_commit_per_step_then_resume(db: TestDatabase) {
+    crash_everywhere(db, true).await;
+}
+both!(p1_t12_crash_with_one_commit_per_step_then_resume, crash_with_one_commit_per_step_then_resume);
+
+/// Count the hooks of an uncrashed run, then crash at each and resume.
+async fn crash_everywhere(db: TestDatabase, folded: bool) {
     let store = store(&db).await;
     let wf = workflow();
     let dir = tempfile::tempdir().unwrap();
-    // Count the hooks of an uncrashed run first.
     let hooks = {
         let (provider, crash) = (Arc::new(Provider::default()), Arc::new(Crash::default()));
-        let exec = executor(&store, &provider, &crash);
+        let exec = executor_with(&store, &provider, &crash, folded);
         let s = spec(&wf, "count", "count");
-        engine(&exec, &store).run(&s, &mut TranscriptWriter::memory()).await.unwrap();
+        let report = engine(&exec, &store).run(&s, &mut TranscriptWriter::memory()).await.unwrap();
+        assert_eq!(report.status, RunStatus::Completed);
+        let entity = autobiz_kernel::tenant::EntityId::new(ctx().tenant().clone(), "run", "count").unwrap();
+        assert_eq!(store.state_history(&ctx(), &entity).await.unwrap().len(), 5);
         crash.passed.load(Ordering::SeqCst)
     };
-    assert!(hooks >= 12, "{hooks} crash points");
+    if folded {
+        assert_eq!(hooks, 6, "two hooks (before and after the effect) per side effect");
+    } else {
+        assert!(hooks >= 12, "{hooks} crash points");
+    }
     for k in 1..=hooks {
-        let run_id = format!("run-k{k}");
-        let order = format!("o{k}");
+        let run_id = format!("run-{folded}-k{k}");
+        let order = format!("o-{folded}-{k}");
         let path = dir.path().join(format!("{run_id}.jsonl"));
-        let (provider, report, exec) = crash_then_resume(&store, &wf, &run_id, &order, k, &path).await;
-        assert_eq!(report.status, RunStatus::Completed, "crash point {k}");
-        assert_eq!(provider.effects.lock().unwrap().len(), 3, "crash point {k}: an effect was duplicated or lost");
-        let receipts = store.receipts(&ctx(), &run_id).await.unwrap();
-        assert_eq!(receipts.len(), 3, "crash point {k}: receipts {receipts:?}");
-        let t = Transcript::read(&path).unwrap();
-        match replay(&t, &wf, exec.registry(), CONFIG).unwrap() {
-            ReplayOutcome::Identical(r) => assert_eq!(r.state_sha256, report.state_sha256, "crash point {k}"),
-            ReplayOutcome::Diverged(d) => panic!("crash point {k}: {d:?}"),
-        }
+        crash_then_complete(&store, &wf, &run_id, &order, k, &path, folded).await;
     }
 }
-both!(p1_t12_crash_at_every_point_then_resume, crash_at_every_point_then_resume);
+
+/// A shipment whose call writes a version of its own run's state first, as
+/// a second process driving the same run would.
+struct RacingTool {
+    store: Store,
+    provider: Arc<Provider>,
+}
+
+#[async_trait::async_trait]
+impl Tool for RacingTool {
+    async fn call(&self, call: CallContext, input: Value) -> autobiz_kernel::Result<ToolOutput> {
+        let entity = autobiz_kernel::tenant::EntityId::new(ctx().tenant().clone(), "run", &call.run_id).unwrap();
+        let current = self.store.state(&ctx(), &entity).await.unwrap().unwrap();
+        let patch: autobiz_kernel::state::Patch =
+            serde_json::from_value(json!([{"op": "add", "path": "/raced", "value": true}])).unwrap();
+        self.store.apply_patch(&ctx(), &entity, current.version, &patch).await.unwrap();
+        let key = call.idempotency_key.clone().expect("a durable side effect carries its key");
+        self.provider.effects.lock().unwrap().insert(key, json!({"id": "ship_raced", "order": input["order_id"]}));
+        Ok(ToolOutput { value: json!({"id": "ship_raced", "status": "succeeded"}), tokens: 0, provider_calls: 1 })
+    }
+}
+
+/// STATE_CONFLICT after a side effect: another writer moved the run's state
+/// while the shipment was being made. The run stops with the conflict and
+/// writes no state over the other's, and the shipment's receipt is kept
+/// (the effect happened): in the step's one transaction the state version
+/// does nothing and the result, receipt and record commit all the same;
+/// unfolded, the receipt was committed before the state write.
+async fn state_conflict_after_an_effect_keeps_its_receipt(db: TestDatabase) {
+    let store = store(&db).await;
+    let wf = workflow();
+    for folded in [true, false] {
+        let (provider, crash) = (Arc::new(Provider::default()), Arc::new(Crash::default()));
+        let mut exec = executor_with(&store, &provider, &crash, folded);
+        let racing = RacingTool { store: store.clone(), provider: provider.clone() };
+        exec.bind("ship.create", "1", Arc::new(racing)).unwrap();
+        let run_id = format!("race-{folded}");
+        let err = engine(&exec, &store)
+            .run(&spec(&wf, &run_id, &format!("r-{folded}")), &mut TranscriptWriter::memory())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), autobiz_kernel::ErrorCode::StateConflict, "folded {folded}: {}", err.message());
+        let receipts = store.receipts(&ctx(), &run_id).await.unwrap();
+        let tools: Vec<&str> = receipts.iter().map(|r| r.tool.as_str()).collect();
+        assert_eq!(tools, ["pay.capture", "ship.create"], "folded {folded}: the shipment's receipt is kept");
+        let entity = autobiz_kernel::tenant::EntityId::new(ctx().tenant().clone(), "run", &run_id).unwrap();
+        let last = store.state(&ctx(), &entity).await.unwrap().unwrap();
+        assert_eq!(last.state["raced"], json!(true), "folded {folded}: the other writer's version stands");
+        assert!(last.state["outputs"].get("ship").is_none(), "folded {folded}: nothing written over it");
+        let trace = store.trace(&ctx(), &run_id).await.unwrap();
+        assert!(
+            trace.iter().any(|r| r.tool.as_deref() == Some("ship.create@1") && r.output.is_some()),
+            "folded {folded}: the shipment's trace record is kept"
+        );
+    }
+}
+both!(p1_t13_state_conflict_after_an_effect_keeps_its_receipt, state_conflict_after_an_effect_keeps_its_receipt);
 
 /// capture (compensated by refund) -> a shipment that always fails.
 fn compensating_workflow() -> Workflow {
@@ -391,7 +493,7 @@ async fn crash_while_compensating_then_resume(db: TestDatabase) {
         let run_id = format!("comp-k{k}");
         let order = format!("c{k}");
         let path = dir.path().join(format!("{run_id}.jsonl"));
-        let (provider, report, exec) = crash_then_resume(&store, &wf, &run_id, &order, k, &path).await;
+        let (provider, report, exec) = crash_then_resume(&store, &wf, &run_id, &order, k, &path, false).await;
         assert_eq!(
             (report.status, report.termination),
             (RunStatus::Failed, Some(autobiz_kernel::bounds::Termination::ToolFailed)),

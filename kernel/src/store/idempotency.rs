@@ -5,8 +5,9 @@
 //! insert did nothing reads the row that won (on PostgreSQL the insert waits
 //! for a concurrent inserter to commit first). An expired key is re-claimed
 //! by an `UPDATE` guarded by the status and execution id it was read with,
-//! so two re-claimers cannot both win. A plain read comes first only as a
-//! fast path for replays; it never decides that a call may execute.
+//! so two re-claimers cannot both win. The insert comes first (a fresh key,
+//! the usual case, is one statement); a key is read only when it did
+//! nothing, and a read never decides that a call may execute.
 //!
 //! Completing a claim stores the result and writes the receipt in one
 //! transaction: a side effect never counts as done without its receipt.
@@ -130,7 +131,7 @@ impl Store {
         execution_id: &str,
         window: Duration,
     ) -> Result<Begin> {
-        let outcome = self.begin_claim(ctx, key, request_fingerprint, execution_id, window).await;
+        let outcome = self.begin_claim(ctx, None, key, request_fingerprint, execution_id, window).await;
         self.idempotency.count(&outcome);
         outcome
     }
@@ -149,10 +150,43 @@ impl Store {
         window: Duration,
         timeout: Duration,
     ) -> Result<Begin> {
+        self.wait_claim(ctx, None, key, request_fingerprint, execution_id, window, timeout).await
+    }
+
+    /// [`Store::idempotency_wait`] for a call of `tool`, refused with
+    /// `TOOL_BLOCKED` while the tool is blocked ([`Store::block_tool`]),
+    /// as [`Store::ensure_tool_unblocked`] then [`Store::idempotency_wait`]
+    /// would, but a fresh claim checks the block in its own statement (one
+    /// round trip to the database instead of three).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn idempotency_wait_unblocked(
+        &self,
+        ctx: &TenantContext,
+        tool: &str,
+        key: &IdempotencyKey,
+        request_fingerprint: &str,
+        execution_id: &str,
+        window: Duration,
+        timeout: Duration,
+    ) -> Result<Begin> {
+        self.wait_claim(ctx, Some(tool), key, request_fingerprint, execution_id, window, timeout).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_claim(
+        &self,
+        ctx: &TenantContext,
+        tool: Option<&str>,
+        key: &IdempotencyKey,
+        request_fingerprint: &str,
+        execution_id: &str,
+        window: Duration,
+        timeout: Duration,
+    ) -> Result<Begin> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         let outcome = loop {
-            match self.begin_claim(ctx, key, request_fingerprint, execution_id, window).await {
+            match self.begin_claim(ctx, tool, key, request_fingerprint, execution_id, window).await {
                 Ok(Begin::InProgress) if tokio::time::Instant::now() + pause <= deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));
@@ -177,9 +211,11 @@ impl Store {
         outcome
     }
 
+    /// With `tool`, refused with `TOOL_BLOCKED` while that tool is blocked.
     async fn begin_claim(
         &self,
         ctx: &TenantContext,
+        tool: Option<&str>,
         key: &IdempotencyKey,
         fingerprint: &str,
         execution_id: &str,
@@ -191,22 +227,16 @@ impl Store {
         }
         let window = chrono_window(window)?;
         let now = self.now();
-        // Fast path: a replay (or a refusal) needs no write.
-        let mut tx = self.begin_single(ctx).await?;
-        let row = read_key(&mut tx, ctx, key).await?;
-        tx.commit().await?;
-        if let Some(row) = row
-            && let Decision::Done(outcome) = row.decide(key, fingerprint, execution_id, now, window)
-        {
-            return outcome;
-        }
-        // Claim: the primary key decides. A few rounds cover a claim released
-        // or re-claimed between our statements; past them, report the key as
-        // in progress rather than risk a second execution. Each statement
-        // decides by its own guard (the primary key; the status and execution
-        // id it read), so none needs the others in its transaction: on
-        // SQLite they run in autocommit (`begin_single`), a claim that wins
-        // is one statement.
+        // Claim: the primary key decides. A fresh key (the usual case) is
+        // claimed by one statement, which also checks the tool's block; a
+        // key that exists (a replay, another execution's claim, an expired
+        // key) is read and decided after that insert did nothing. A few
+        // rounds cover a claim released or re-claimed between our
+        // statements; past them, report the key as in progress rather than
+        // risk a second execution. Each statement decides by its own guard
+        // (the primary key and the block; the status and execution id it
+        // read), so none needs the others in its transaction: on SQLite they
+        // run in autocommit (`begin_single`).
         let expires_at = now + window;
         let fresh = |first_seen_at| Claim {
             key: key.clone(),
@@ -221,7 +251,9 @@ impl Store {
                 "INSERT INTO idempotency_keys
                    (tenant_id, internal_key, external_key, request_fingerprint, status, execution_id,
                     first_seen_at, expires_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 'in_progress', $5, $6, $7, $6, $6)
+                 SELECT $1, $2, $3, $4, 'in_progress', $5, $6, $7, $6, $6
+                  WHERE NOT EXISTS (SELECT 1 FROM tool_blocks
+                                     WHERE tenant_id = $1 AND tool = $8 AND cleared_at IS NULL)
                  ON CONFLICT (tenant_id, internal_key) DO NOTHING",
             )
             .bind(ctx.tenant().as_str())
@@ -231,6 +263,7 @@ impl Store {
             .bind(execution_id)
             .bind(now)
             .bind(expires_at)
+            .bind(tool)
             .execute(&mut *c)
             .await
             .map(|r| r.rows_affected()))
@@ -238,6 +271,13 @@ impl Store {
             if inserted == 1 {
                 tx.commit().await?;
                 return Ok(Begin::Execute(fresh(now)));
+            }
+            if let Some(tool) = tool {
+                // Nothing inserted: the key exists, or the tool is blocked
+                // (which refuses even a replay, as it did before the claim).
+                tx.commit().await?;
+                self.ensure_tool_unblocked(ctx, tool).await?;
+                tx = self.begin_single(ctx).await?;
             }
             let Some(row) = read_key(&mut tx, ctx, key).await? else {
                 tx.commit().await?;
@@ -307,6 +347,22 @@ impl Store {
         receipt: &NewReceipt,
         trace: Option<&TraceRecord>,
     ) -> Result<Receipt> {
+        let (stored, tx) = self.idempotency_complete_open(ctx, claim, response, receipt, trace).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// [`Store::idempotency_complete_traced`] without the commit: the
+    /// transaction is the caller's, to add its own write (the run's state
+    /// version) and commit. Dropping it rolls everything back.
+    pub(crate) async fn idempotency_complete_open(
+        &self,
+        ctx: &TenantContext,
+        claim: &Claim,
+        response: &Value,
+        receipt: &NewReceipt,
+        trace: Option<&TraceRecord>,
+    ) -> Result<(Receipt, TenantTx)> {
         let key = &claim.key;
         self.authorize(ctx, key.tenant(), &format!("idempotency:{}", key.external()), "write").await?;
         receipt.validate()?;
@@ -347,8 +403,7 @@ impl Store {
         if let Some(record) = trace {
             crate::trace::insert_trace(&mut tx, ctx, record).await?;
         }
-        tx.commit().await?;
-        Ok(stored)
+        Ok((stored, tx))
     }
 
     /// Give up `claim` because the tool failed before any side effect, so a

@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Store, errors, on_tx};
+use super::{Store, TenantTx, errors, on_tx};
 use crate::error::{Error, ErrorCode, Result};
 use crate::run::RunStatus;
-use crate::tenant::TenantContext;
+use crate::state::Patch;
+use crate::tenant::{EntityId, TenantContext};
+use crate::trace::TraceRecord;
 
 /// One row of the run index.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -79,32 +81,33 @@ impl Store {
     /// Register a new run (status RUNNING). A run id already in use is
     /// `STATE_CONFLICT`: run ids are never reused.
     pub async fn create_run(&self, ctx: &TenantContext, run: &NewRun<'_>) -> Result<()> {
-        let now = self.now();
         let mut tx = self.begin_single(ctx).await?;
-        let inserted = on_tx!(tx, c => sqlx::query(
-            "INSERT INTO runs (tenant_id, run_id, workflow, status, principal, config_hash, event, pins, transcript,
-                               created_at, updated_at)
-             VALUES ($1, $2, $3, 'RUNNING', $4, $5, $6, $7, $8, $9, $9)
-             ON CONFLICT (tenant_id, run_id) DO NOTHING",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(run.run_id)
-        .bind(run.workflow)
-        .bind(ctx.principal().as_str())
-        .bind(run.config_hash)
-        .bind(Json(run.event))
-        .bind(Json(run.pins))
-        .bind(run.transcript)
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| errors::map(e, "register a run"))?;
-        if inserted != 1 {
-            return Err(Error::new(ErrorCode::StateConflict, format!("run id {} is already taken", run.run_id)));
+        insert_run(&mut tx, ctx, run, self.now()).await?;
+        tx.commit().await
+    }
+
+    /// A run's start in one transaction: registered ([`Store::create_run`]),
+    /// its initial state stored as version 1 of `entity` (`initial` is what
+    /// `patch` makes of `{}`), and with `record` its `run_start` trace
+    /// record. Either all are stored or none is.
+    pub async fn start_run(
+        &self,
+        ctx: &TenantContext,
+        run: &NewRun<'_>,
+        entity: &EntityId,
+        initial: &Value,
+        patch: &Patch,
+        record: Option<&TraceRecord>,
+    ) -> Result<()> {
+        let mut tx = self.begin(ctx).await?;
+        insert_run(&mut tx, ctx, run, self.now()).await?;
+        if !self.put_state_in(&mut tx, ctx, entity, 0, initial, patch).await? {
+            return Err(Error::new(ErrorCode::StateConflict, format!("{entity} already has a state")));
         }
-        tx.commit().await?;
-        Ok(())
+        if let Some(record) = record {
+            crate::trace::insert_trace(&mut tx, ctx, record).await?;
+        }
+        tx.commit().await
     }
 
     /// Record where a run is: its status, the approval it waits for, how
@@ -117,8 +120,28 @@ impl Store {
         waiting_for: Option<&str>,
         termination: Option<&str>,
     ) -> Result<()> {
+        self.end_run(ctx, run_id, status, waiting_for, termination, None).await
+    }
+
+    /// [`Store::set_run_status`], and with `record` (the run's `run_end`
+    /// trace record) both in one transaction.
+    pub async fn end_run(
+        &self,
+        ctx: &TenantContext,
+        run_id: &str,
+        status: RunStatus,
+        waiting_for: Option<&str>,
+        termination: Option<&str>,
+        record: Option<&TraceRecord>,
+    ) -> Result<()> {
         let now = self.now();
-        let mut tx = self.begin_single(ctx).await?;
+        let mut tx = match record {
+            Some(_) => self.begin(ctx).await?,
+            None => self.begin_single(ctx).await?,
+        };
+        if let Some(record) = record {
+            crate::trace::insert_trace(&mut tx, ctx, record).await?;
+        }
         on_tx!(tx, c => sqlx::query(
             "UPDATE runs SET status = $3, waiting_for = $4, termination = $5, updated_at = $6
               WHERE tenant_id = $1 AND run_id = $2",
@@ -187,4 +210,31 @@ impl Store {
         tx.commit().await?;
         Ok(rows.into_iter().map(record).collect())
     }
+}
+
+/// Register `run` in `tx`; `STATE_CONFLICT` when its id is taken.
+async fn insert_run(tx: &mut TenantTx, ctx: &TenantContext, run: &NewRun<'_>, now: DateTime<Utc>) -> Result<()> {
+    let inserted = on_tx!(tx, c => sqlx::query(
+        "INSERT INTO runs (tenant_id, run_id, workflow, status, principal, config_hash, event, pins, transcript,
+                           created_at, updated_at)
+         VALUES ($1, $2, $3, 'RUNNING', $4, $5, $6, $7, $8, $9, $9)
+         ON CONFLICT (tenant_id, run_id) DO NOTHING",
+    )
+    .bind(ctx.tenant().as_str())
+    .bind(run.run_id)
+    .bind(run.workflow)
+    .bind(ctx.principal().as_str())
+    .bind(run.config_hash)
+    .bind(Json(run.event))
+    .bind(Json(run.pins))
+    .bind(run.transcript)
+    .bind(now)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(|e| errors::map(e, "register a run"))?;
+    if inserted != 1 {
+        return Err(Error::new(ErrorCode::StateConflict, format!("run id {} is already taken", run.run_id)));
+    }
+    Ok(())
 }

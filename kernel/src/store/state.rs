@@ -7,12 +7,19 @@
 //! settles two writers that pass that check together. So a stale writer and
 //! the loser of a race both get `STATE_CONFLICT` and write nothing, without
 //! any lock held across the patch.
+//!
+//! A writer that holds the latest version itself (the engine, which wrote
+//! it) skips the read: [`Store::put_state`] inserts the state it computed
+//! under the same re-check, and [`Store::put_state_in`] does so inside a
+//! caller's transaction (a step's result, receipt and trace record commit
+//! with its state version), where a conflict writes nothing of the state and
+//! leaves the rest of the transaction to commit.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Store, errors, on_tx};
+use super::{Store, TenantTx, errors, on_tx};
 use crate::error::{Error, ErrorCode, Result};
 use crate::state::{self, Patch, StateVersion};
 use crate::tenant::{EntityId, TenantContext};
@@ -40,6 +47,85 @@ impl Store {
         expected_version: i64,
         patch: &Patch,
     ) -> Result<StateVersion> {
+        self.check_state_write(ctx, entity, expected_version).await?;
+        let current = self.read_latest(ctx, entity).await?;
+        let (found, base) = match &current {
+            Some(v) => (v.version, &v.state),
+            None => (0, &state::initial_state()),
+        };
+        if found != expected_version {
+            return Err(conflict_at(entity, found, expected_version));
+        }
+        let next_state = state::apply(base, patch)?;
+        self.put_checked(ctx, entity, expected_version, next_state, patch).await
+    }
+
+    /// [`Store::apply_patch`] without the read: `next_state` is what
+    /// `patch` makes of version `expected_version` as the caller holds it
+    /// (the state it wrote or read last; versions never change once
+    /// written). The insert's `WHERE` still checks at write time that
+    /// `expected_version` is the latest, so a stale caller gets
+    /// `STATE_CONFLICT` and writes nothing, as with [`Store::apply_patch`].
+    pub async fn put_state(
+        &self,
+        ctx: &TenantContext,
+        entity: &EntityId,
+        expected_version: i64,
+        next_state: Value,
+        patch: &Patch,
+    ) -> Result<StateVersion> {
+        self.check_state_write(ctx, entity, expected_version).await?;
+        self.put_checked(ctx, entity, expected_version, next_state, patch).await
+    }
+
+    async fn put_checked(
+        &self,
+        ctx: &TenantContext,
+        entity: &EntityId,
+        expected_version: i64,
+        next_state: Value,
+        patch: &Patch,
+    ) -> Result<StateVersion> {
+        let patch_json = patch_json(patch)?;
+        let now = self.now();
+        // One statement: its WHERE re-checks the version as it writes.
+        let mut tx = self.begin_single(ctx).await?;
+        if !insert_version(&mut tx, ctx, entity, expected_version, &next_state, &patch_json, now).await? {
+            return Err(conflict_at(entity, expected_version + 1, expected_version));
+        }
+        tx.commit().await?;
+        Ok(StateVersion {
+            entity_id: entity.to_string(),
+            version: expected_version + 1,
+            state: next_state,
+            patch: patch_json,
+            correlation_id: ctx.correlation_id().as_str().to_owned(),
+            created_at: now,
+        })
+    }
+
+    /// [`Store::put_state`] in `tx`, committed with whatever else `tx`
+    /// writes (a step's result, receipt and trace record). `Ok(false)` when
+    /// `expected_version` is no longer the latest: nothing of the state is
+    /// written and `tx` stays usable (a version another writer inserted
+    /// first does nothing instead of failing the statement, which on
+    /// PostgreSQL would abort the whole transaction), so the caller decides
+    /// what of `tx` still commits.
+    pub(crate) async fn put_state_in(
+        &self,
+        tx: &mut TenantTx,
+        ctx: &TenantContext,
+        entity: &EntityId,
+        expected_version: i64,
+        next_state: &Value,
+        patch: &Patch,
+    ) -> Result<bool> {
+        self.check_state_write(ctx, entity, expected_version).await?;
+        let patch_json = patch_json(patch)?;
+        insert_version(tx, ctx, entity, expected_version, next_state, &patch_json, self.now()).await
+    }
+
+    async fn check_state_write(&self, ctx: &TenantContext, entity: &EntityId, expected_version: i64) -> Result<()> {
         self.authorize(ctx, entity.tenant(), &entity.to_string(), "write").await?;
         if ctx.correlation_id().as_str().is_empty() {
             return Err(Error::new(ErrorCode::InvalidInput, "a state write needs a correlation id"));
@@ -47,59 +133,7 @@ impl Store {
         if expected_version < 0 {
             return Err(Error::new(ErrorCode::InvalidInput, "expected_version must be 0 (create) or more"));
         }
-        let conflict = |found: i64| {
-            Error::new(
-                ErrorCode::StateConflict,
-                format!("state of {entity} is at version {found}, not {expected_version}: reload and retry"),
-            )
-        };
-        let current = self.read_latest(ctx, entity).await?;
-        let (found, base) = match &current {
-            Some(v) => (v.version, &v.state),
-            None => (0, &state::initial_state()),
-        };
-        if found != expected_version {
-            return Err(conflict(found));
-        }
-        let next_state = state::apply(base, patch)?;
-        let next = expected_version + 1;
-        let now = self.now();
-        let patch_json = serde_json::to_value(patch)
-            .map_err(|e| Error::new(ErrorCode::StatePatchInvalid, format!("cannot serialize the patch: {e}")))?;
-        // One statement: its WHERE re-checks the version as it writes.
-        let mut tx = self.begin_single(ctx).await?;
-        let inserted = on_tx!(tx, c => sqlx::query(
-            "INSERT INTO state_versions
-               (tenant_id, entity_id, version, state, patch, correlation_id, created_at, updated_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $7
-              WHERE (SELECT COALESCE(MAX(version), 0) FROM state_versions
-                      WHERE tenant_id = $1 AND entity_id = $2) = $8",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(entity.to_string())
-        .bind(next)
-        .bind(Json(&next_state))
-        .bind(Json(&patch_json))
-        .bind(ctx.correlation_id().as_str())
-        .bind(now)
-        .bind(expected_version)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()));
-        match inserted {
-            Ok(1) => tx.commit().await?,
-            Ok(_) => return Err(conflict(next)),
-            Err(e) if errors::is_unique_violation(&e) => return Err(conflict(next)),
-            Err(e) => return Err(errors::map(e, "write state")),
-        }
-        Ok(StateVersion {
-            entity_id: entity.to_string(),
-            version: next,
-            state: next_state,
-            patch: patch_json,
-            correlation_id: ctx.correlation_id().as_str().to_owned(),
-            created_at: now,
-        })
+        Ok(())
     }
 
     /// The latest version of `entity`'s state, if it has one.
@@ -138,5 +172,56 @@ impl Store {
         .map_err(|e| errors::map(e, "read state"))?;
         tx.commit().await?;
         Ok(row.map(version))
+    }
+}
+
+fn conflict_at(entity: &EntityId, found: i64, expected_version: i64) -> Error {
+    Error::new(
+        ErrorCode::StateConflict,
+        format!("state of {entity} is at version {found}, not {expected_version}: reload and retry"),
+    )
+}
+
+fn patch_json(patch: &Patch) -> Result<Value> {
+    serde_json::to_value(patch)
+        .map_err(|e| Error::new(ErrorCode::StatePatchInvalid, format!("cannot serialize the patch: {e}")))
+}
+
+/// Insert version `expected_version + 1` if `expected_version` is the
+/// latest: one statement whose `WHERE` re-checks the version as it writes;
+/// a row another writer inserted first for that version does nothing
+/// (`ON CONFLICT DO NOTHING`). `false`: nothing was written.
+async fn insert_version(
+    tx: &mut TenantTx,
+    ctx: &TenantContext,
+    entity: &EntityId,
+    expected_version: i64,
+    next_state: &Value,
+    patch_json: &Value,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let inserted = on_tx!(tx, c => sqlx::query(
+        "INSERT INTO state_versions
+           (tenant_id, entity_id, version, state, patch, correlation_id, created_at, updated_at)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $7
+          WHERE (SELECT COALESCE(MAX(version), 0) FROM state_versions
+                  WHERE tenant_id = $1 AND entity_id = $2) = $8
+         ON CONFLICT (tenant_id, entity_id, version) DO NOTHING",
+    )
+    .bind(ctx.tenant().as_str())
+    .bind(entity.to_string())
+    .bind(expected_version + 1)
+    .bind(Json(next_state))
+    .bind(Json(patch_json))
+    .bind(ctx.correlation_id().as_str())
+    .bind(now)
+    .bind(expected_version)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()));
+    match inserted {
+        Ok(n) => Ok(n == 1),
+        Err(e) if errors::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(errors::map(e, "write state")),
     }
 }
