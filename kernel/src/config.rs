@@ -101,7 +101,7 @@ impl BusinessConfig {
 
     /// `sha256:` + hex of SHA-256 over the RFC 8785 canonical form.
     pub fn hash(&self) -> String {
-        let canonical = serde_json_canonicalizer::to_vec(&self.value).expect("a TOML-derived value is canonicalizable");
+        let canonical = crate::canonical::to_vec(&self.value).expect("a TOML-derived value is canonicalizable");
         format!("sha256:{}", hex::encode(Sha256::digest(canonical)))
     }
 

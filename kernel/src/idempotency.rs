@@ -56,11 +56,11 @@ pub struct IdempotencyKey {
 
 impl IdempotencyKey {
     /// Derive the key of a tool call: SHA-256 over the JCS form of its parts
-    /// (canonicalized by the maintained crate, never by hand).
+    /// (through [`crate::canonical`]: the maintained crate's form, never
+    /// written by hand).
     ///
     /// The document is a borrowed struct rather than a `json!` map (no copy
-    /// of the input), and its canonical bytes go straight into the hash; the
-    /// crate sorts the members, so the bytes are those of the whole object.
+    /// of the input); its canonical bytes are those of the whole object.
     pub fn derive(parts: &KeyParts<'_>) -> Result<IdempotencyKey> {
         let doc = KeyDocument {
             tenant: parts.tenant.as_str(),
@@ -70,7 +70,7 @@ impl IdempotencyKey {
             tool_version: parts.tool_version,
             input: parts.input,
         };
-        Ok(Self::from_internal(parts.tenant.clone(), canonical_sha256_hex(&doc)?))
+        Ok(Self::from_internal(parts.tenant.clone(), crate::canonical::sha256_hex(&doc)?))
     }
 
     /// A key a caller supplied (an `Idempotency-Key` header, a webhook's event
@@ -108,35 +108,29 @@ impl IdempotencyKey {
 }
 
 /// What the internal key hashes: the parts of a [`KeyParts`], borrowed.
+///
+/// The fields are declared in RFC 8785 order (sorted), so `serde_json`
+/// writes them canonically and [`crate::canonical`] need not re-sort them;
+/// it checks the order rather than trusting it.
 #[derive(serde::Serialize)]
 struct KeyDocument<'a> {
-    tenant: &'a str,
-    workflow: &'a str,
+    input: &'a Value,
     step: &'a str,
+    tenant: &'a str,
     tool: &'a str,
     tool_version: &'a str,
-    input: &'a Value,
+    workflow: &'a str,
 }
 
 /// SHA-256 (hex) of the JCS form of a request: two requests under one key
 /// must have the same fingerprint, or the key was reused for something else.
 pub fn request_fingerprint(request: &Value) -> Result<String> {
-    canonical_sha256_hex(request)
-}
-
-/// SHA-256 (hex) of the RFC 8785 form of `value`, canonicalized by the
-/// crate straight into the hash (never into a string).
-pub(crate) fn canonical_sha256_hex<T: serde::Serialize>(value: &T) -> Result<String> {
-    let mut hasher = Sha256::new();
-    serde_json_canonicalizer::to_writer(value, &mut hasher)
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))?;
-    Ok(hex::encode(hasher.finalize()))
+    crate::canonical::sha256_hex(request)
 }
 
 /// RFC 8785 canonical JSON text of `value`.
 pub fn canonical(value: &Value) -> Result<String> {
-    serde_json_canonicalizer::to_string(value)
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize JSON (RFC 8785): {e}")))
+    crate::canonical::to_string(value)
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -282,5 +276,9 @@ mod tests {
                 IdempotencyKey::from_internal(tenant.clone(), sha256_hex(canonical(&whole).unwrap().as_bytes()));
             assert_eq!(IdempotencyKey::derive(&parts).unwrap(), expected, "{input}");
         }
+        // A plain input takes the checked serde_json path (fields declared sorted).
+        let input = json!({"amount": 1000, "currency": "usd"});
+        let doc = KeyDocument { input: &input, step: "s", tenant: "acme", tool: "t", tool_version: "1", workflow: "w" };
+        assert!(crate::canonical::takes_checked_path(&doc));
     }
 }

@@ -45,6 +45,7 @@
 pub mod assembly;
 pub mod bounds;
 pub mod breaker;
+pub mod canonical;
 pub mod clock;
 pub mod closeout;
 pub mod config;

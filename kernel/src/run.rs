@@ -188,31 +188,37 @@ impl StepOutcome {
 
 /// Everything a run knows. Serialized, it is the run entity's versioned
 /// state; its hash is what replay must reproduce.
+///
+/// The serialized fields are declared sorted by name (RFC 8785's member
+/// order), as are [`Compensation`]'s and [`CompensationDone`]'s, so
+/// [`crate::canonical`] hashes the state as `serde_json` writes it instead of
+/// re-sorting every member (it checks the order; a field added out of order
+/// is hashed the same, only slower).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
-    pub run_id: String,
-    pub workflow: String,
-    pub status: RunStatus,
-    pub event: Value,
-    /// Output of each step's latest successful visit.
-    pub outputs: BTreeMap<String, Value>,
-    pub visits: BTreeMap<String, u32>,
-    /// Step ids in the order they ran.
-    pub path: Vec<String>,
-    /// The step to run next; `None` once nothing is left.
-    pub cursor: Option<String>,
-    /// The last step failure (kept when `on_error` routed it).
-    pub error: Option<String>,
-    pub termination: Option<Termination>,
+    /// Where the cursor's step is in the workflow, when known: a lookup
+    /// hint (not state), so a long run does not search its steps each time.
+    #[serde(skip)]
+    at: Option<usize>,
     /// Set once the run unwinds: the compensations of its completed steps
     /// (absent from the state of a run that never compensated, so older
     /// states and transcripts hash as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation: Option<Compensation>,
-    /// Where the cursor's step is in the workflow, when known: a lookup
-    /// hint (not state), so a long run does not search its steps each time.
-    #[serde(skip)]
-    at: Option<usize>,
+    /// The step to run next; `None` once nothing is left.
+    pub cursor: Option<String>,
+    /// The last step failure (kept when `on_error` routed it).
+    pub error: Option<String>,
+    pub event: Value,
+    /// Output of each step's latest successful visit.
+    pub outputs: BTreeMap<String, Value>,
+    /// Step ids in the order they ran.
+    pub path: Vec<String>,
+    pub run_id: String,
+    pub status: RunStatus,
+    pub termination: Option<Termination>,
+    pub visits: BTreeMap<String, u32>,
+    pub workflow: String,
 }
 
 impl RunState {
@@ -461,35 +467,31 @@ impl RunState {
 
     /// SHA-256 (hex) of the state's RFC 8785 canonical form.
     pub fn hash(&self) -> Result<String> {
-        // Canonicalized straight from the struct into the hash: the same
-        // bytes as from `to_value()`, without copying every output first.
-        use sha2::Digest;
-        let mut hasher = sha2::Sha256::new();
-        serde_json_canonicalizer::to_writer(self, &mut hasher)
-            .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("cannot canonicalize the run state: {e}")))?;
-        Ok(hex::encode(hasher.finalize()))
+        // Canonicalized straight from the struct: the same bytes as from
+        // `to_value()`, without copying every output first.
+        crate::canonical::sha256_hex(self)
     }
 }
 
 /// A run unwinding: the compensations of its completed steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Compensation {
-    /// How the run ends once the compensations ran.
-    pub termination: Termination,
     /// The failure that started the unwinding.
     pub cause: String,
-    /// Compensation steps still to run, the next first.
-    pub pending: Vec<String>,
     /// Compensation steps that ran, in order, with the error of each that failed.
     pub done: Vec<CompensationDone>,
+    /// Compensation steps still to run, the next first.
+    pub pending: Vec<String>,
+    /// How the run ends once the compensations ran.
+    pub termination: Termination,
 }
 
 /// One compensation step that ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompensationDone {
-    pub step: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    pub step: String,
 }
 
 /// The compensation steps to run after a failure, in order: for each step
@@ -838,6 +840,26 @@ mod tests {
         assert_eq!(a.hash().unwrap().len(), 64);
         // Hashing the struct is hashing its serialized state.
         assert_eq!(a.hash().unwrap(), canonical_sha256(&a.to_value()).unwrap());
+    }
+
+    #[test]
+    fn the_state_serializes_in_canonical_member_order() {
+        let wf = wf();
+        let mut s = RunState::new(&wf, "r1", json!({"order": "1001", "amount": 1299}));
+        s.outputs.insert("fetch".into(), json!({"total": 1299, "currency": "usd"}));
+        s.visits.insert("fetch".into(), 1);
+        s.path.push("fetch".into());
+        s.error = Some("TOOL_FAILED".into());
+        s.termination = Some(Termination::ToolFailed);
+        s.compensation = Some(Compensation {
+            cause: "x".into(),
+            done: vec![CompensationDone { error: Some("e".into()), step: "void".into() }],
+            pending: vec!["refund".into()],
+            termination: Termination::ToolFailed,
+        });
+        // Declared sorted, so hashing it needs no re-sort (crate::canonical).
+        assert!(crate::canonical::takes_checked_path(&s));
+        assert_eq!(s.hash().unwrap(), canonical_sha256(&s.to_value()).unwrap());
     }
 
     #[test]
