@@ -172,6 +172,27 @@ fn p1_soak_injected_unapproved_financial_step_fails_the_soak_naming_it() {
     assert_only(&drill("unapproved_financial_step"), "unapproved_financial_step");
 }
 
+/// A check reads the newest runs by pages, growing the page until it meets
+/// a run an earlier check judged: a run registered without a trace some 120
+/// runs of its tenant before the check (more than the first page) is still
+/// found by it.
+#[test]
+fn p1_soak_a_run_further_back_than_the_first_page_is_still_checked() {
+    let dir = workdir();
+    let soak_dir = dir.path().join("soak");
+    let (code, out) = soak(
+        dir.path(),
+        &["--days", "1", "--events-per-day", "600", "--warmup", "5", "--threshold", "0.5", "--check-every", "250"]
+            .into_iter()
+            .chain(["--inject-violation", "untraced_run", "--inject-at", "260", "--dir", soak_dir.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 1, "the drill must fail the soak: {out:#}");
+    let outcome = &out["outcome"];
+    assert_only(outcome, "untraced_run");
+    assert_eq!(outcome["violations"][0]["seq"], 499, "found by the check right after it: {outcome:#}");
+}
+
 #[test]
 fn p1_soak_bad_arguments_exit_2_with_a_clear_error() {
     let dir = workdir();

@@ -183,6 +183,42 @@ both!(
     a_matching_step_persists_one_request_and_approve_records_the_approver
 );
 
+async fn one_runs_requests_are_read_without_another_runs_or_tenants(db: TestDatabase) {
+    let (store, _) = migrated(&db).await;
+    let (acme, globex) = (ctx("acme"), ctx("globex"));
+    let first = store.hitl_create(&acme, &refund("run-a", &[])).await.unwrap();
+    store.hitl_create(&acme, &refund("run-b", &[])).await.unwrap();
+    // The same run id in another tenant: never returned to acme.
+    let theirs = store.hitl_create(&globex, &refund("run-a", &[])).await.unwrap();
+    let mut capture = refund("run-a", &[]);
+    capture.step = "capture".to_owned();
+    let second = store.hitl_create(&acme, &capture).await.unwrap();
+    let second = store.hitl_decide(&acme, &second.request_id, Decision::Approve, "ops", None, t0()).await.unwrap();
+
+    // Every state, oldest first; run-b's request and globex's are not there.
+    assert_eq!(store.hitl_of_run(&acme, "run-a").await.unwrap(), vec![first, second]);
+    assert_eq!(store.hitl_of_run(&globex, "run-a").await.unwrap(), vec![theirs]);
+    let b = store.hitl_of_run(&acme, "run-b").await.unwrap();
+    assert_eq!(b.iter().map(|a| a.run_id.as_str()).collect::<Vec<_>>(), vec!["run-b"]);
+    assert!(store.hitl_of_run(&globex, "run-b").await.unwrap().is_empty(), "acme's run-b is not globex's");
+    assert!(store.hitl_of_run(&acme, "run-none").await.unwrap().is_empty());
+    // The lookup is served by the (tenant_id, run_id) index of migration 0008.
+    if db.backend() == autobiz_testkit::Backend::Sqlite {
+        let pool = sqlx::SqlitePool::connect(db.admin_url()).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "EXPLAIN QUERY PLAN SELECT * FROM hitl_requests WHERE tenant_id = 'acme' AND run_id = 'run-a' ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(plan.iter().any(|(_, _, _, d)| d.contains("idx_hitl_tenant_run")), "{plan:?}");
+    }
+}
+both!(
+    p1_t16_one_runs_requests_are_read_without_another_runs_or_tenants,
+    one_runs_requests_are_read_without_another_runs_or_tenants
+);
+
 fn counter(name: &str) -> u64 {
     hitl::counters().snapshot().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap()
 }

@@ -173,6 +173,48 @@ async fn tables_have_tenant_id_audit_columns_and_indexes(db: TestDatabase) {
 }
 both!(p1_t31_tables_have_tenant_id_audit_columns_and_indexes, tables_have_tenant_id_audit_columns_and_indexes);
 
+async fn trace_run_ids_since_reads_only_the_newer_traces_of_the_tenant(db: TestDatabase) {
+    use autobiz_kernel::trace::{RecordKind, TraceRecord};
+    let store = migrated(&db).await;
+    let (acme, globex) = (ctx("acme"), ctx("globex"));
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let at = |m: i64| t0 + chrono::Duration::minutes(m);
+    for (c, run, seq, m) in [
+        (&acme, "old", 0, 0),
+        (&acme, "old", 1, 5),
+        (&acme, "new", 0, 30),
+        (&acme, "new", 1, 31),
+        (&globex, "theirs", 0, 40),
+    ] {
+        let kind = if seq == 0 { RecordKind::RunStart } else { RecordKind::RunEnd };
+        store.append_trace(c, &TraceRecord::new(c, run, seq, kind, at(m))).await.unwrap();
+    }
+    let ids = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(ids(store.trace_run_ids_since(&acme, at(10)).await.unwrap()), vec!["new"]);
+    assert_eq!(ids(store.trace_run_ids_since(&acme, at(5)).await.unwrap()), vec!["new", "old"], "at or after");
+    assert!(store.trace_run_ids_since(&acme, at(32)).await.unwrap().is_empty());
+    assert_eq!(store.trace_run_ids_since(&globex, t0).await.unwrap(), vec!["theirs"], "never another tenant's");
+    // Served by the (tenant_id, created_at) index of migration 0008, not a
+    // read of every trace of the tenant.
+    if db.backend() == autobiz_testkit::Backend::Sqlite {
+        let pool = sqlx::SqlitePool::connect(db.admin_url()).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "EXPLAIN QUERY PLAN SELECT DISTINCT run_id FROM traces WHERE tenant_id = 'acme' AND created_at >= 'x'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(plan.iter().any(|(_, _, _, d)| d.contains("idx_traces_tenant_created")), "{plan:?}");
+    }
+}
+both!(
+    p1_t10_trace_run_ids_since_reads_only_the_newer_traces_of_the_tenant,
+    trace_run_ids_since_reads_only_the_newer_traces_of_the_tenant
+);
+
 async fn downgrade_to_zero_then_migrate_again(db: TestDatabase) {
     let known = known_versions(db.backend());
     let admin = Store::open_admin(&url(db.admin_url())).await.unwrap();

@@ -606,13 +606,18 @@ fn fault_kind(kind: &str, delay_ms: Option<u64>, retry_after_s: Option<u64>) -> 
 
 /// Make the provider state a scenario starts from, through the fakes' APIs.
 pub async fn setup(fakes: &Fakes, setup: &Setup) -> Result<(), String> {
+    setup_with(&reqwest::Client::new(), fakes, setup).await
+}
+
+/// [`setup`] over a client the caller keeps (the soak seeds every delivery:
+/// a client, its connection pool and TLS roots, made once, not per delivery).
+pub async fn setup_with(http: &reqwest::Client, fakes: &Fakes, setup: &Setup) -> Result<(), String> {
     for order in &setup.shopify_orders {
         fakes
             .shopify
             .seed_order(order.clone())
             .ok_or_else(|| format!("setup: Shopify order without a numeric id: {order}"))?;
     }
-    let http = reqwest::Client::new();
     for (i, (amount, capture)) in setup
         .captured_payments
         .iter()

@@ -30,7 +30,7 @@ use autobiz_kernel::contract::SideEffect;
 use autobiz_kernel::engine::{Engine, RunSpec};
 use autobiz_kernel::executor::Durability;
 use autobiz_kernel::hitl::gate::StoreApprovals;
-use autobiz_kernel::hitl::{ApprovalState, HitlRules, StatusFilter};
+use autobiz_kernel::hitl::{ApprovalState, HitlRules};
 use autobiz_kernel::idempotency::DEFAULT_WINDOW;
 use autobiz_kernel::ingress::signature::{shopify_header, stripe_header};
 use autobiz_kernel::ingress::{Ingress, SecretKeys};
@@ -64,9 +64,14 @@ pub const TENANTS: [&str; 2] = ["soak-east", "soak-west"];
 /// The approver the shop's HITL rules name.
 const APPROVER: &str = "ops-lead";
 
-/// How many of the newest runs each check reads (more than a check's worth
-/// of deliveries, so none is skipped).
+/// How many of the newest runs a check reads at most (more than a check's
+/// worth of deliveries, so none is skipped).
 const RECENT_RUNS: i64 = 2_000;
+/// A check reads the newest runs a page at a time, from this many, growing
+/// until the page reaches a run an earlier check judged: every run older
+/// than that one existed then and was judged or is open (kept apart), so
+/// the check sees exactly the runs it would in a read of [`RECENT_RUNS`].
+const FIRST_PAGE: i64 = 100;
 
 /// How long the fakes keep a provider object (PaymentIntent, capture,
 /// refund, order, mail, completion) on the soak's clock before the driver
@@ -157,8 +162,8 @@ pub struct ServeDriver {
     /// Runs whose trace the monitors already judged (ended runs; the
     /// newest [`RECENT_RUNS`] are looked at each check, so this stays small).
     checked: Recent,
-    /// Runs not ended at the last check: looked at again.
-    open_runs: BTreeSet<String>,
+    /// Runs not ended at the last check, by tenant: looked at again.
+    open_runs: BTreeMap<TenantId, BTreeSet<String>>,
     /// When the monitors last ran (the traces since are read).
     last_check: DateTime<Utc>,
     /// Every secret value the soak knows: none may appear in a trace.
@@ -331,7 +336,7 @@ impl ServeDriver {
             inject: opts.inject,
             transcripts,
             checked: Recent::default(),
-            open_runs: BTreeSet::new(),
+            open_runs: BTreeMap::new(),
             last_check: opts.start,
             planted,
         })
@@ -628,7 +633,7 @@ fn outcome_of(status: &str, termination: Option<&str>, timeout_planned: bool) ->
 impl Driver for ServeDriver {
     async fn deliver(&mut self, event: &PlannedEvent, now: DateTime<Utc>) -> Result<RunOutcome, CliError> {
         self.advance_to(now);
-        let prepared = traffic::prepare(event, self.seed, &self.fakes)
+        let prepared = traffic::prepare(event, self.seed, &self.fakes, &self.http)
             .await
             .map_err(|e| CliError::infrastructure("SOAK_SETUP_FAILED", e))?;
         if let Some(fault) = event.fault {
@@ -683,15 +688,26 @@ impl Driver for ServeDriver {
                     ));
                 }
             }
-            // The runs since the last check: the newest of the index, the
-            // ones still open at the last check, and the run ids of recent
-            // traces (a trace without a run is a drill or a bug). Bounded
-            // per check, so a long soak's checks do not grow with it.
+            // The runs since the last check: the newest of the index (read
+            // by pages until one reaches a judged run, see [`FIRST_PAGE`]),
+            // the ones still open at the last check, and the run ids of
+            // recent traces (a trace without a run is a drill or a bug).
+            // Bounded per check, so a long soak's checks do not grow with it.
             let mut runs: BTreeMap<String, Option<String>> = BTreeMap::new();
-            for r in self.store.run_records(&c, false, RECENT_RUNS).await.map_err(infra("STORE_UNAVAILABLE"))? {
-                runs.insert(r.run_id, Some(r.status));
+            let mut limit = FIRST_PAGE;
+            loop {
+                let page = self.store.run_records(&c, false, limit).await.map_err(infra("STORE_UNAVAILABLE"))?;
+                let more = page.len() as i64 == limit && limit < RECENT_RUNS;
+                let reached = page.iter().any(|r| self.checked.contains(&r.run_id));
+                for r in page {
+                    runs.insert(r.run_id, Some(r.status));
+                }
+                if reached || !more {
+                    break;
+                }
+                limit = (limit * 4).min(RECENT_RUNS);
             }
-            for id in std::mem::take(&mut self.open_runs) {
+            for id in self.open_runs.remove(tenant).unwrap_or_default() {
                 if let Some(r) = self.store.run_record(&c, &id).await.map_err(infra("STORE_UNAVAILABLE"))? {
                     runs.insert(r.run_id, Some(r.status));
                 }
@@ -700,7 +716,6 @@ impl Driver for ServeDriver {
             for id in self.store.trace_run_ids_since(&c, since).await.map_err(infra("STORE_UNAVAILABLE"))? {
                 runs.entry(id).or_insert(None);
             }
-            let mut approved: Option<Vec<(String, String)>> = None;
             for (run_id, status) in runs {
                 if self.checked.contains(&run_id) {
                     continue;
@@ -717,6 +732,9 @@ impl Driver for ServeDriver {
                     let what = if s == PLANTED_CARD { "a card number" } else { "a secret" };
                     found.push((Invariant::SecretInTrace, format!("{tenant}: the trace of {run_id} holds {what}")));
                 }
+                // The run's approved tools, read once per run (its own
+                // requests, by index: not the tenant's history).
+                let mut approved: Option<Vec<String>> = None;
                 for call in trace.iter().filter(|t| t.kind == RecordKind::ToolCall && t.output.is_some()) {
                     let (Some(tool), Some(input)) = (call.tool.as_deref(), call.input.as_ref()) else { continue };
                     let (name, version) = tool.split_once('@').unwrap_or((tool, "1"));
@@ -730,17 +748,13 @@ impl Driver for ServeDriver {
                         continue;
                     }
                     if approved.is_none() {
-                        let list =
-                            self.store.hitl_list(&c, StatusFilter::All).await.map_err(infra("STORE_UNAVAILABLE"))?;
+                        let list = self.store.hitl_of_run(&c, &run_id).await.map_err(infra("STORE_UNAVAILABLE"))?;
                         approved = Some(
-                            list.into_iter()
-                                .filter(|a| a.status == ApprovalState::Approved)
-                                .map(|a| (a.run_id, a.tool))
-                                .collect(),
+                            list.into_iter().filter(|a| a.status == ApprovalState::Approved).map(|a| a.tool).collect(),
                         );
                     }
                     let approvals = approved.as_deref().unwrap_or_default();
-                    if !approvals.iter().any(|(r, t)| r == &run_id && t.split('@').next() == Some(name)) {
+                    if !approvals.iter().any(|t| t.split('@').next() == Some(name)) {
                         found.push((
                             Invariant::UnapprovedFinancialStep,
                             format!("{tenant}: {tool} ran in {run_id} under an approval rule, without an approval"),
@@ -750,7 +764,7 @@ impl Driver for ServeDriver {
                 if terminal || status.is_none() {
                     self.checked.insert(run_id);
                 } else {
-                    self.open_runs.insert(run_id);
+                    self.open_runs.entry(tenant.clone()).or_default().insert(run_id);
                 }
             }
         }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::plan::{Delivery, PlannedEvent};
 use crate::golden::Setup;
-use crate::golden::runner::setup;
+use crate::golden::runner::setup_with;
 
 /// A webhook as the provider sends it, before signing.
 #[derive(Debug, Clone)]
@@ -66,8 +66,14 @@ fn line_items() -> Value {
     json!([{ "variant_id": 4011, "quantity": 1, "title": "Mug", "price": "15.00" }])
 }
 
-/// Build delivery `event` of a soak seeded `seed`, seeding the fakes.
-pub async fn prepare(event: &PlannedEvent, seed: u64, fakes: &Fakes) -> Result<Prepared, String> {
+/// Build delivery `event` of a soak seeded `seed`, seeding the fakes
+/// through `http` (the driver's client, kept for the whole soak).
+pub async fn prepare(
+    event: &PlannedEvent,
+    seed: u64,
+    fakes: &Fakes,
+    http: &reqwest::Client,
+) -> Result<Prepared, String> {
     let seq = event.seq;
     let order = order_number(seed, seq);
     let order_id = order.to_string();
@@ -159,7 +165,7 @@ pub async fn prepare(event: &PlannedEvent, seed: u64, fakes: &Fakes) -> Result<P
             // Refunds over $50 need a human; a planned timeout is one of those.
             let refund = if event.hitl_timeout || seq.is_multiple_of(4) { 7500 } else { 3000 };
             fakes.shopify.seed_order(shopify_order(refund, "pm_card_visa")).ok_or("WF03: order refused")?;
-            setup(fakes, &Setup { captured_payments: vec![refund], ..Setup::default() }).await?;
+            setup_with(http, fakes, &Setup { captured_payments: vec![refund], ..Setup::default() }).await?;
             let pi = last_id(&fakes.stripe.payment_intents())?;
             let hook = support(
                 "refund_requested",
@@ -171,7 +177,8 @@ pub async fn prepare(event: &PlannedEvent, seed: u64, fakes: &Fakes) -> Result<P
         }
         "WF04" => {
             fakes.shopify.seed_order(shopify_order(amount, "pm_card_visa")).ok_or("WF04: order refused")?;
-            setup(
+            setup_with(
+                http,
                 fakes,
                 &Setup {
                     authorized_payments: vec![amount],
@@ -196,7 +203,8 @@ pub async fn prepare(event: &PlannedEvent, seed: u64, fakes: &Fakes) -> Result<P
             p.webhooks = repeat(hook, event.delivery);
         }
         "WF05" => {
-            setup(
+            setup_with(
+                http,
                 fakes,
                 &Setup {
                     printful_confirmed: vec![
@@ -232,7 +240,7 @@ pub async fn prepare(event: &PlannedEvent, seed: u64, fakes: &Fakes) -> Result<P
             } else {
                 Setup { printful_orders: vec![order], ..Setup::default() }
             };
-            setup(fakes, &seeded).await?;
+            setup_with(http, fakes, &seeded).await?;
             let printful = last_id(&fakes.printful.orders())?;
             let body = json!({
                 "type": "order_failed", "created": event.at.timestamp(), "retries": 0, "store": 1,

@@ -512,6 +512,22 @@ impl Store {
         rows.into_iter().map(from_row).collect()
     }
 
+    /// The tenant's requests of one run, whatever their state, oldest
+    /// first. Served by the `(tenant_id, run_id)` index (migration 0008):
+    /// the cost is the run's requests, not the tenant's history.
+    pub async fn hitl_of_run(&self, ctx: &TenantContext, run_id: &str) -> Result<Vec<Approval>> {
+        let sql = format!("SELECT {COLUMNS} FROM hitl_requests WHERE tenant_id = $1 AND run_id = $2 ORDER BY id");
+        let mut tx = self.begin_single(ctx).await?;
+        let rows: Vec<Row> = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ctx.tenant().as_str())
+            .bind(run_id)
+            .fetch_all(&mut *c)
+            .await)
+        .map_err(|e| map_error(e, "list a run's HITL requests"))?;
+        tx.commit().await?;
+        rows.into_iter().map(from_row).collect()
+    }
+
     /// Decide a pending request. `approver` must be one of the request's
     /// approvers when it lists any (`HITL_APPROVER_NOT_ALLOWED`, audited); a
     /// denial needs a reason. A decided request refuses
