@@ -159,6 +159,16 @@ impl LlmFake {
         self.with_state(|s| s.script(content));
     }
 
+    /// See [`LlmState::clear_script`].
+    pub fn clear_script(&self) {
+        self.with_state(|s| s.clear_script());
+    }
+
+    /// See [`LlmState::pending`].
+    pub fn pending(&self) -> usize {
+        self.with_state(|s| s.pending())
+    }
+
     /// Completions served, in order.
     pub fn served(&self) -> Vec<serde_json::Value> {
         self.with_state(|s| s.served())

@@ -53,6 +53,11 @@ impl LlmState {
         self.script.push_back(content.into());
     }
 
+    /// Drop the scripted replies not yet used.
+    pub fn clear_script(&mut self) {
+        self.script.clear();
+    }
+
     /// Scripted replies not yet used.
     pub fn pending(&self) -> usize {
         self.script.len()

@@ -622,6 +622,18 @@ impl ServeDriver {
     }
 }
 
+/// Drop the faults and scripted model replies an earlier delivery planned
+/// but did not use: its run ended before reaching that provider, the
+/// ingress deduplicated it, or (after a resume) its run already existed and
+/// did not run again. Left armed, a fault meant for one delivery met the
+/// next one's seeding (`SOAK_SETUP_FAILED`, an HTTP 500 from a fake) or run.
+fn discard_leftovers(fakes: &Fakes, llm: &LlmFake) {
+    fakes.stripe.clear_faults();
+    fakes.shopify.clear_faults();
+    fakes.printful.clear_faults();
+    llm.clear_script();
+}
+
 /// How a run's end counts: completed, or the designed ending of an
 /// approval the plan let time out.
 fn outcome_of(status: &str, termination: Option<&str>, timeout_planned: bool) -> RunOutcome {
@@ -633,6 +645,7 @@ fn outcome_of(status: &str, termination: Option<&str>, timeout_planned: bool) ->
 impl Driver for ServeDriver {
     async fn deliver(&mut self, event: &PlannedEvent, now: DateTime<Utc>) -> Result<RunOutcome, CliError> {
         self.advance_to(now);
+        discard_leftovers(&self.fakes, &self.llm);
         let prepared = traffic::prepare(event, self.seed, &self.fakes, &self.http)
             .await
             .map_err(|e| CliError::infrastructure("SOAK_SETUP_FAILED", e))?;
@@ -866,6 +879,27 @@ mod tests {
         duplicate_side_effects(fakes, &mut found);
         assert!(found.iter().all(|(i, _)| *i == Invariant::DuplicateSideEffect));
         found.into_iter().map(|(_, d)| d).collect()
+    }
+
+    #[tokio::test]
+    async fn soak_a_fault_or_reply_a_delivery_left_unused_does_not_reach_the_next() {
+        let clock = Arc::new(Mutex::new(SystemTime::now()));
+        let (fakes, llm) = fakes_on(&clock).await;
+        let seed = Setup { captured_payments: vec![4000], ..Setup::default() };
+        // A delivery planned a Printful 500 and a model reply, and its run
+        // used neither (say its run already existed on a resume).
+        fakes.printful.inject_times(Fault::Status500, 1);
+        fakes.stripe.inject_times(Fault::Status500, 1);
+        llm.script("{\"intent\":\"wismo\"}");
+        discard_leftovers(&fakes, &llm);
+        assert_eq!(fakes.printful.pending_faults() + fakes.stripe.pending_faults() + fakes.shopify.pending_faults(), 0);
+        assert_eq!(llm.pending(), 0);
+        // The next delivery's seeding reaches the fakes unharmed.
+        setup(&fakes, &seed).await.unwrap();
+        assert_eq!(fakes.stripe.captures().len(), 1);
+        // Without the discard, the leftover fault fails that seeding.
+        fakes.stripe.inject_times(Fault::Status500, 1);
+        assert!(setup(&fakes, &seed).await.is_err(), "a leftover fault meets the seeding");
     }
 
     #[tokio::test]
