@@ -203,16 +203,11 @@ async fn one_runs_requests_are_read_without_another_runs_or_tenants(db: TestData
     assert!(store.hitl_of_run(&globex, "run-b").await.unwrap().is_empty(), "acme's run-b is not globex's");
     assert!(store.hitl_of_run(&acme, "run-none").await.unwrap().is_empty());
     // The lookup is served by the (tenant_id, run_id) index of migration 0008.
-    if db.backend() == autobiz_testkit::Backend::Sqlite {
-        let pool = sqlx::SqlitePool::connect(db.admin_url()).await.unwrap();
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
-            "EXPLAIN QUERY PLAN SELECT * FROM hitl_requests WHERE tenant_id = 'acme' AND run_id = 'run-a' ORDER BY id",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        assert!(plan.iter().any(|(_, _, _, d)| d.contains("idx_hitl_tenant_run")), "{plan:?}");
-    }
+    db.assert_sqlite_plan_uses(
+        "SELECT * FROM hitl_requests WHERE tenant_id = 'acme' AND run_id = 'run-a' ORDER BY id",
+        "idx_hitl_tenant_run",
+    )
+    .await;
 }
 both!(
     p1_t16_one_runs_requests_are_read_without_another_runs_or_tenants,

@@ -199,16 +199,11 @@ async fn trace_run_ids_since_reads_only_the_newer_traces_of_the_tenant(db: TestD
     assert_eq!(store.trace_run_ids_since(&globex, t0).await.unwrap(), vec!["theirs"], "never another tenant's");
     // Served by the (tenant_id, created_at) index of migration 0008, not a
     // read of every trace of the tenant.
-    if db.backend() == autobiz_testkit::Backend::Sqlite {
-        let pool = sqlx::SqlitePool::connect(db.admin_url()).await.unwrap();
-        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
-            "EXPLAIN QUERY PLAN SELECT DISTINCT run_id FROM traces WHERE tenant_id = 'acme' AND created_at >= 'x'",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        assert!(plan.iter().any(|(_, _, _, d)| d.contains("idx_traces_tenant_created")), "{plan:?}");
-    }
+    db.assert_sqlite_plan_uses(
+        "SELECT DISTINCT run_id FROM traces WHERE tenant_id = 'acme' AND created_at >= 'x'",
+        "idx_traces_tenant_created",
+    )
+    .await;
 }
 both!(
     p1_t10_trace_run_ids_since_reads_only_the_newer_traces_of_the_tenant,

@@ -94,6 +94,21 @@ impl TestDatabase {
         &self.kernel_url
     }
 
+    /// On SQLite, assert that its query planner serves `sql` through `index`
+    /// (an index a migration added so a lookup does not scan a tenant's
+    /// history). PostgreSQL's planner picks by table statistics, which a
+    /// test database does not have, so there this checks nothing.
+    pub async fn assert_sqlite_plan_uses(&self, sql: &str, index: &str) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        let pool = sqlx::SqlitePool::connect(&self.admin_url).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        assert!(plan.iter().any(|(_, _, _, d)| d.contains(index)), "{sql} is not planned through {index}: {plan:?}");
+    }
+
     /// The SQLite file, for tests that corrupt or inspect it.
     pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
         self._dir.as_ref().map(|d| d.path().join("autobiz.db"))
