@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+
+use crate::canonical::sha256_hex_of;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::tenant::TenantId;
@@ -82,11 +83,11 @@ impl IdempotencyKey {
             return Err(Error::new(ErrorCode::InvalidInput, "an idempotency key must be 1 to 255 characters"));
         }
         let doc = serde_json::json!({"tenant": tenant.as_str(), "scope": scope, "supplied_key": key});
-        Ok(Self::from_internal(tenant.clone(), sha256_hex(canonical(&doc)?.as_bytes())))
+        Ok(Self::from_internal(tenant.clone(), sha256_hex_of(canonical(&doc)?.as_bytes())))
     }
 
     fn from_internal(tenant: TenantId, internal: String) -> IdempotencyKey {
-        let digest = sha256_hex(internal.as_bytes());
+        let digest = sha256_hex_of(internal.as_bytes());
         let external = format!("{EXTERNAL_PREFIX}{}", &digest[..32]);
         IdempotencyKey { tenant, internal, external }
     }
@@ -131,10 +132,6 @@ pub fn request_fingerprint(request: &Value) -> Result<String> {
 /// RFC 8785 canonical JSON text of `value`.
 pub fn canonical(value: &Value) -> Result<String> {
     crate::canonical::to_string(value)
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// What [`crate::store::Store::idempotency_begin`] decided.
@@ -273,7 +270,7 @@ mod tests {
                 "tool": parts.tool, "tool_version": parts.tool_version, "input": input,
             });
             let expected =
-                IdempotencyKey::from_internal(tenant.clone(), sha256_hex(canonical(&whole).unwrap().as_bytes()));
+                IdempotencyKey::from_internal(tenant.clone(), sha256_hex_of(canonical(&whole).unwrap().as_bytes()));
             assert_eq!(IdempotencyKey::derive(&parts).unwrap(), expected, "{input}");
         }
         // A plain input takes the checked serde_json path (fields declared sorted).

@@ -20,9 +20,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::canonical::sha256_hex_of;
 use crate::contract::SideEffect;
 use crate::error::{Error, ErrorCode, Result};
-use crate::idempotency::{canonical, sha256_hex};
+use crate::idempotency::canonical;
 
 /// A receipt to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,13 +146,13 @@ pub struct ToolBlock {
 /// SHA-256 (hex) of a payload's RFC 8785 canonical form, so the same payload
 /// hashes the same whatever its key order.
 pub fn payload_sha256(payload: &Value) -> Result<String> {
-    Ok(sha256_hex(canonical(payload)?.as_bytes()))
+    Ok(sha256_hex_of(canonical(payload)?.as_bytes()))
 }
 
 /// The receipt id of an execution's effect under a key: deterministic, so a
 /// replayed run produces the same receipts and a second receipt for the same
 /// execution and key is refused by the unique constraint.
 pub(crate) fn receipt_id(tenant: &str, internal_key: &str, execution_id: &str) -> String {
-    let digest = sha256_hex(format!("{tenant}\n{internal_key}\n{execution_id}").as_bytes());
+    let digest = sha256_hex_of(format!("{tenant}\n{internal_key}\n{execution_id}").as_bytes());
     format!("rcpt_{}", &digest[..32])
 }

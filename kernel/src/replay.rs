@@ -99,6 +99,10 @@ pub fn replay(
     let ahead = (transcript.lines.len() >= HASH_AHEAD_MIN_LINES).then(|| Ahead::new(&transcript.lines));
     std::thread::scope(|scope| {
         let mut r = Replayer::new(workflow, registry, tenant, run_id, event, resumes)?;
+        // At most one receipt per successful side-effect response: reserved
+        // once, not grown (and copied) a doubling at a time.
+        let effects = transcript.entries().filter(|e| has_hash(e) && matches!(e, Entry::ToolResponse { .. })).count();
+        r.receipts.reserve(effects);
         // A long transcript's canonical hashes are shared out between this
         // thread and a second one (see [`Ahead`]); the guard stops the
         // second thread however the replay ends (identical, diverged,
@@ -132,8 +136,8 @@ pub fn replay(
 
 /// Below this many lines a replay hashes on its own thread only (starting
 /// a thread costs more than it saves). Debug builds share out the work of
-/// every replay, so that the tests run this path, and check the shadow
-/// state, on every transcript they replay.
+/// every replay, so that the tests run this path on every transcript they
+/// replay.
 const HASH_AHEAD_MIN_LINES: usize = if cfg!(debug_assertions) { 2 } else { 256 };
 
 /// A hash computed from a recorded line: what replay would compute from
@@ -156,9 +160,9 @@ enum Hashed {
 ///
 /// Replay is serial, but most of its cost is hashing (the step keys and
 /// the response digests go through the JCS crate), and each of those
-/// hashes is a function of one recorded line. So a second thread first
-/// builds the final state ([`shadow_state`]), then walks the transcript
-/// from its last line back and hashes every line not yet taken, while the
+/// hashes is a function of one recorded line. So a second thread walks the
+/// transcript from its last line back and hashes every line not yet taken,
+/// while the
 /// replaying thread, going forward, hashes every line it reaches that the
 /// other has not taken, and takes the other's hash for the rest (waiting
 /// only for the one line being hashed where they meet). Each line is
@@ -174,9 +178,6 @@ struct Ahead<'t> {
     hashed: Vec<OnceLock<Hashed>>,
     /// Set when the replay ends: the second thread stops.
     stop: AtomicBool,
-    /// The final state built from the recorded lines, and its hash, once
-    /// the second thread has them ([`shadow_state`]).
-    shadow: OnceLock<Option<(RunState, String)>>,
 }
 
 /// Sets the flag when dropped.
@@ -195,36 +196,13 @@ impl<'t> Ahead<'t> {
             claimed: lines.iter().map(|_| AtomicBool::new(false)).collect(),
             hashed: lines.iter().map(|_| OnceLock::new()).collect(),
             stop: AtomicBool::new(false),
-            shadow: OnceLock::new(),
         }
     }
 
-    /// The shadow's state hash, if the second thread has it and its state
-    /// is `state`. Release builds never wait for it (the replaying thread
-    /// hashes its own state rather than wait for the other); debug builds
-    /// wait and assert that the shadow is the replayed state, so every
-    /// replay the tests run checks the shadow.
-    fn shadow_hash(&self, state: &RunState) -> Option<String> {
-        let shadow = if cfg!(debug_assertions) { Some(self.shadow.wait()) } else { self.shadow.get() };
-        match shadow {
-            Some(Some((shadow, hash))) if shadow == state => Some(hash.clone()),
-            Some(Some((shadow, _))) => {
-                debug_assert_eq!(shadow, state, "the shadow state differs from the replayed state");
-                None
-            }
-            _ => None,
-        }
-    }
-
-    /// The second thread: the final state, then, from the last line back,
-    /// the hash of every line that has one and that the replaying thread
-    /// has not taken, until the replay ends.
+    /// The second thread: from the last line back, the hash of every line
+    /// that has one and that the replaying thread has not taken, until the
+    /// replay ends.
     fn work(&self, workflow: &Workflow, tenant: &TenantId) {
-        // The final state first: meanwhile the replaying thread hashes its
-        // first lines itself. Then the hashes, from the end back.
-        let shadow =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shadow_state(self.lines, workflow, &self.stop)));
-        let _ = self.shadow.set(shadow.unwrap_or(None));
         for (i, line) in self.lines.iter().enumerate().rev() {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -672,10 +650,7 @@ impl<'a> Replayer<'a> {
                 Ok(())
             }
             Entry::RunEnd { status, termination, state_sha256, receipts } => {
-                let hash = match self.ahead.and_then(|a| a.shadow_hash(&self.state)) {
-                    Some(hash) => hash,
-                    None => self.state.hash()?,
-                };
+                let hash = self.state.hash()?;
                 self.state_sha256 = Some(hash.clone());
                 if (status, Some(*termination)) != (&self.state.status, self.state.termination) {
                     let expected = json!({"status": status, "termination": termination});
@@ -745,43 +720,4 @@ fn line_transition(workflow: &Workflow, state: &mut RunState, line: u64, entry: 
             return Err(Error::new(ErrorCode::TranscriptCorrupt, what));
         }
     })
-}
-
-/// The final state of a transcript's run built from its recorded lines
-/// alone, with the same transitions replay makes but none of its checks
-/// (no request is recomputed, no key or receipt hashed), and that state's
-/// hash: computed on the second thread while the replaying thread runs, so
-/// the hash at the end (one canonicalization of the whole state, the
-/// largest single cost of a long replay) is off the replaying thread.
-/// The replaying thread takes the hash only for a state equal to its own
-/// (`RunState`'s derived equality: every field, so the same serialization
-/// and the same canonical bytes); otherwise it hashes its own state.
-/// `None` where the shadow is not worth it or the lines do not make a run
-/// (the replay then says why): a resumed run, a line out of order.
-fn shadow_state(lines: &[Line], workflow: &Workflow, stop: &AtomicBool) -> Option<(RunState, String)> {
-    let Entry::RunStart { run_id, event, .. } = &lines.first()?.entry else { return None };
-    let mut state = RunState::new(workflow, run_id, event.clone());
-    let mut call = None;
-    for line in &lines[1..] {
-        if stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        match &line.entry {
-            Entry::ToolRequest { step, visit, tool, version, .. } => {
-                // The transitions read the step and visit, not the input.
-                let (step, tool, version) = (step.clone(), tool.clone(), version.clone());
-                call = Some(StepCall { step, visit: *visit, tool, version, input: Value::Null });
-            }
-            Entry::ToolResponse { outcome, ended, .. } => {
-                response_transition(workflow, &mut state, &call.take()?, outcome, *ended).ok()?;
-            }
-            Entry::HitlRequested { .. } | Entry::HitlDecision { .. } | Entry::RunStopped { .. } => {
-                line_transition(workflow, &mut state, line.seq + 1, &line.entry).ok()?.ok()?;
-            }
-            Entry::RunStart { .. } | Entry::Resumed { .. } => return None,
-            _ => {}
-        }
-    }
-    let hash = state.hash().ok()?;
-    Some((state, hash))
 }

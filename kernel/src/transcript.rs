@@ -43,6 +43,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::canonical::sha256_hex_of;
+
 use crate::bounds::Termination;
 use crate::error::{Error, ErrorCode, Result};
 use crate::run::{Patch, RunStatus, StepOutcome};
@@ -431,7 +433,7 @@ impl TranscriptWriter {
             .and_then(|()| self.out.write_all(b"\n"))
             .and_then(|()| self.out.flush())
             .map_err(|e| Error::new(ErrorCode::TranscriptIo, format!("cannot write the transcript: {e}")))?;
-        self.prev = sha256_hex(raw.as_bytes());
+        self.prev = sha256_hex_of(raw.as_bytes());
         self.seq += 1;
         if self.keep {
             self.lines.push(raw);
@@ -644,10 +646,6 @@ fn diagnose(raw: &str, name: &str, n: usize) -> Result<Line> {
         .map_err(|e| Error::new(ErrorCode::TranscriptCorrupt, format!("{name} line {n}: {e}")))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 fn io(path: &Path, e: std::io::Error) -> Error {
     Error::new(ErrorCode::TranscriptIo, format!("{}: {e}", path.display())).with_source(e)
 }
@@ -738,7 +736,7 @@ mod tests {
         let path = dir.path().join("t.jsonl");
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         let (_, last) = read_lines(&path).unwrap();
-        assert_eq!(last, sha256_hex(lines.last().unwrap().as_bytes()));
+        assert_eq!(last, sha256_hex_of(lines.last().unwrap().as_bytes()));
     }
 
     #[test]
