@@ -314,6 +314,54 @@ async fn stale_and_concurrent_state_writes_conflict(db: TestDatabase) {
 }
 both!(stale_and_concurrent_state_writes_conflict, stale_and_concurrent_state_writes_conflict);
 
+/// Writes after failed calls, and from more callers at once than the pool
+/// has connections, are committed for every connection: a second handle on
+/// the same database (its own pool) sees each of them. On SQLite a call
+/// reuses the connection the one before it left (the store's spare) only
+/// after that call succeeded; these are the paths where it must not.
+async fn p1_t13_writes_after_failures_and_under_contention_are_committed(db: TestDatabase) {
+    let store = migrated(&db).await;
+    let c = ctx("acme");
+    let e: EntityId = "acme/order/1".parse().unwrap();
+    assert_eq!(store.apply_patch(&c, &e, 0, &set(json!({"v": 1}))).await.unwrap().version, 1);
+    let stale = store.apply_patch(&c, &e, 0, &set(json!({"v": "stale"}))).await.unwrap_err();
+    assert_eq!(stale.code(), ErrorCode::StateConflict);
+    assert!(store.block_tool(&c, "stripe.refund", "test").await.unwrap());
+    assert!(!store.block_tool(&c, "stripe.refund", "again").await.unwrap());
+    assert_eq!(store.apply_patch(&c, &e, 1, &set(json!({"v": 2}))).await.unwrap().version, 2);
+
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e: EntityId = format!("acme/order/c{i}").parse().unwrap();
+            for v in 0..3 {
+                store.apply_patch(&ctx("acme"), &e, v, &set(json!({"v": v}))).await.unwrap();
+            }
+        }));
+    }
+    let all = async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("every caller finishes");
+
+    let other = Store::open(&url(db.kernel_url())).await.unwrap();
+    assert_eq!(other.state(&c, &e).await.unwrap().unwrap().version, 2);
+    assert!(other.tool_blocked(&c, "stripe.refund").await.unwrap().is_some());
+    for i in 0..16 {
+        let e: EntityId = format!("acme/order/c{i}").parse().unwrap();
+        assert_eq!(other.state(&c, &e).await.unwrap().unwrap().version, 3, "entity c{i}");
+    }
+    other.close().await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), store.close()).await.expect("close returns");
+}
+both!(
+    p1_t13_writes_after_failures_and_under_contention_are_committed,
+    p1_t13_writes_after_failures_and_under_contention_are_committed
+);
+
 async fn cross_tenant_secret_access_is_refused_and_audited_in_the_store(db: TestDatabase) {
     let store = migrated(&db).await;
     let dir = tempfile::tempdir().unwrap();

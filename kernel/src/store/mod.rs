@@ -32,8 +32,12 @@ mod url;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::SqliteTransactionManager;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection};
+use sqlx_core::transaction::TransactionManager;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorCode, Result};
@@ -104,6 +108,9 @@ pub struct Store {
     idempotency: Arc<IdempotencyStats>,
     /// Shared by this handle's clones only: see [`Store::same_pool`].
     pool_id: Arc<()>,
+    /// SQLite: the connection kept back from the pool between calls (see
+    /// [`Spare`]); shared by this handle's clones.
+    spare: Arc<Spare>,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,7 +168,14 @@ impl Store {
             Backend::Sqlite => Pool::Sqlite(connect_sqlite(url, durability).await?),
             Backend::Postgres => Pool::Postgres(connect_postgres(url).await?),
         };
-        Ok(Store { pool, url: url.clone(), clock, idempotency: Arc::default(), pool_id: Arc::default() })
+        Ok(Store {
+            pool,
+            url: url.clone(),
+            clock,
+            idempotency: Arc::default(),
+            pool_id: Arc::default(),
+            spare: Arc::default(),
+        })
     }
 
     /// Whether `other` is a clone of this handle (the same connection pool,
@@ -195,7 +209,14 @@ impl Store {
     /// Begin a transaction bound to `ctx`'s tenant.
     pub async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx> {
         let inner = match &self.pool {
-            Pool::Sqlite(p) => TxInner::Sqlite(p.begin().await.map_err(|e| errors::map(e, "begin a transaction"))?),
+            Pool::Sqlite(p) => {
+                let mut lease = self.lease(p).await?;
+                SqliteTransactionManager::begin(&mut lease, None)
+                    .await
+                    .map_err(|e| errors::map(e, "begin a transaction"))?;
+                lease.open_tx = true;
+                TxInner::Sqlite(lease)
+            }
             Pool::Postgres(p) => {
                 let mut tx = p.begin().await.map_err(|e| errors::map(e, "begin a transaction"))?;
                 sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
@@ -220,16 +241,36 @@ impl Store {
     /// Statements that must hold together take [`Store::begin`].
     pub async fn begin_single(&self, ctx: &TenantContext) -> Result<TenantTx> {
         match &self.pool {
-            Pool::Sqlite(p) => {
-                let conn = p.acquire().await.map_err(|e| errors::map(e, "acquire a connection"))?;
-                Ok(TenantTx { inner: TxInner::SqliteRead(conn) })
-            }
+            Pool::Sqlite(p) => Ok(TenantTx { inner: TxInner::SqliteRead(self.lease(p).await?) }),
             Pool::Postgres(_) => self.begin(ctx).await,
         }
     }
 
+    /// A SQLite connection for one call: the spare if there is one, else
+    /// one from the pool.
+    async fn lease(&self, pool: &SqlitePool) -> Result<Lease> {
+        let mut spare = None;
+        if let Some((mut conn, checked)) = self.spare.take() {
+            // The last call on it did not finish (it failed, was dropped or
+            // cancelled): ping it first, as the pool does with a connection
+            // returned to it, which also waits out a queued ROLLBACK.
+            if checked || sqlx::Connection::ping(&mut *conn).await.is_ok() {
+                spare = Some(conn);
+            } else {
+                conn.close_on_drop();
+            }
+        }
+        let conn = match spare {
+            Some(conn) => conn,
+            None => pool.acquire().await.map_err(|e| errors::map(e, "acquire a connection"))?,
+        };
+        Ok(Lease { conn: Some(conn), pool: pool.clone(), spare: self.spare.clone(), open_tx: false, done: false })
+    }
+
     /// Close every connection. Pending work finishes first.
     pub async fn close(&self) {
+        // The spare counts as checked out: the pool's close waits for it.
+        drop(self.spare.take());
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,
@@ -282,20 +323,127 @@ pub struct TenantTx {
 }
 
 pub(crate) enum TxInner {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// SQLite: BEGIN ... COMMIT on a leased connection.
+    Sqlite(Lease),
     /// [`Store::begin_single`] on SQLite: autocommit, one statement.
-    SqliteRead(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    SqliteRead(Lease),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 impl TenantTx {
     pub async fn commit(self) -> Result<()> {
         match self.inner {
-            TxInner::Sqlite(t) => t.commit().await,
-            TxInner::SqliteRead(_) => Ok(()),
-            TxInner::Postgres(t) => t.commit().await,
+            TxInner::Sqlite(mut lease) => {
+                SqliteTransactionManager::commit(&mut lease).await.map_err(|e| errors::map(e, "commit"))?;
+                lease.open_tx = false;
+                lease.done = true;
+                Ok(())
+            }
+            TxInner::SqliteRead(mut lease) => {
+                lease.done = true;
+                Ok(())
+            }
+            TxInner::Postgres(t) => t.commit().await.map_err(|e| errors::map(e, "commit")),
         }
-        .map_err(|e| errors::map(e, "commit"))
+    }
+}
+
+/// SQLite: one connection a store keeps back from its pool between calls,
+/// so that calls made one after another (a run's steps) use the same
+/// connection with its prepared statements, without a trip through the
+/// pool each time.
+///
+/// sqlx returns a connection to the pool from a spawned task that first
+/// pings it (a round trip to the connection's worker thread); a call made
+/// meanwhile takes another idle connection, or opens one if the pool has
+/// room (its own thread, pragmas and schema read), so calls made one after
+/// another alternated over the pool's connections, each statement prepared
+/// on each (docs/benchmarks.md, `golden4`).
+/// A connection whose call did not finish ([`TenantTx::commit`] not
+/// reached: it failed, was dropped, or was cancelled; a transaction left
+/// open has its ROLLBACK queued first, as sqlx's `Transaction` does) is kept
+/// marked unchecked and pinged before it is used again, as the pool would
+/// on its return, so a broken connection is still weeded out before reuse.
+/// It is kept only while the pool could serve a waiter without it (a
+/// connection idle, or room to open one): it is never the connection
+/// someone is queued for.
+#[derive(Default)]
+struct Spare(std::sync::Mutex<Option<(PoolConnection<Sqlite>, bool)>>);
+
+impl Spare {
+    /// The spare, and whether its last call finished.
+    fn take(&self) -> Option<(PoolConnection<Sqlite>, bool)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Keep `conn` if the spare is free and the pool can do without it;
+    /// else back to the pool. `checked`: its last call finished.
+    fn put(&self, conn: PoolConnection<Sqlite>, checked: bool, pool: &SqlitePool) {
+        let pool_can_serve = pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections();
+        if pool_can_serve && !pool.is_closed() {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some((conn, checked));
+                return;
+            }
+        }
+        release(conn);
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if let Some((conn, _)) = self.take() {
+            release(conn);
+        }
+    }
+}
+
+/// Back to the pool. sqlx returns a connection from a spawned task, so
+/// outside a runtime (a store dropped after its runtime) the connection is
+/// closed instead.
+fn release(conn: PoolConnection<Sqlite>) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        drop(conn.detach());
+    } else {
+        drop(conn);
+    }
+}
+
+/// A SQLite connection for one [`TenantTx`], back to the spare (or the
+/// pool) when dropped; a transaction left open is rolled back first.
+pub(crate) struct Lease {
+    conn: Option<PoolConnection<Sqlite>>,
+    pool: SqlitePool,
+    spare: Arc<Spare>,
+    /// A BEGIN without its COMMIT yet.
+    open_tx: bool,
+    /// The call finished ([`TenantTx::commit`]).
+    done: bool,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_ref().expect("a lease holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        if self.open_tx {
+            // As sqlx's `Transaction` does when dropped: the ROLLBACK is
+            // queued on the connection's worker before anything else.
+            SqliteTransactionManager::start_rollback(&mut conn);
+        }
+        self.spare.put(conn, self.done && !self.open_tx, &self.pool);
     }
 }
 
@@ -396,4 +544,159 @@ async fn connect_postgres(url: &DatabaseUrl) -> Result<PgPool> {
         .connect_with(options)
         .await
         .map_err(|e| errors::map(e, &format!("connect to PostgreSQL at {url}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::{CorrelationId, EntityId, Principal};
+    use autobiz_testkit::TestDatabase;
+
+    fn ctx() -> TenantContext {
+        TenantContext::new("acme".parse().unwrap(), Principal::new("test:store"), CorrelationId::new("corr"))
+    }
+
+    async fn migrated(db: &TestDatabase) -> Store {
+        Store::open_admin(&db.admin_url().parse().unwrap()).await.unwrap().migrate().await.unwrap();
+        Store::open(&db.kernel_url().parse().unwrap()).await.unwrap()
+    }
+
+    fn sqlite_pool(store: &Store) -> &SqlitePool {
+        match &store.pool {
+            Pool::Sqlite(p) => p,
+            Pool::Postgres(_) => panic!("a SQLite store"),
+        }
+    }
+
+    fn set(n: i64) -> crate::state::Patch {
+        serde_json::from_value(serde_json::json!([{"op": "add", "path": "", "value": {"n": n}}])).unwrap()
+    }
+
+    async fn blocks(store: &Store) -> i64 {
+        let c = ctx();
+        let mut tx = store.begin_single(&c).await.unwrap();
+        let n: i64 = on_tx!(tx, conn => sqlx::query_scalar("SELECT count(*) FROM tool_blocks WHERE tenant_id = $1")
+            .bind(c.tenant().as_str())
+            .fetch_one(conn)
+            .await)
+        .unwrap();
+        tx.commit().await.unwrap();
+        n
+    }
+
+    async fn insert_block(tx: &mut TenantTx, store: &Store, tool: &str) {
+        let now = store.now();
+        on_tx!(tx, conn => sqlx::query(
+            "INSERT INTO tool_blocks (tenant_id, tool, reason, blocked_by, blocked_at, created_at, updated_at)
+             VALUES ($1, $2, 'test', 'test', $3, $3, $3)",
+        )
+        .bind("acme")
+        .bind(tool)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|_| ()))
+        .unwrap();
+    }
+
+    /// A run's calls come one after another: on SQLite they reuse one
+    /// connection (the spare, with its prepared statements) instead of
+    /// alternating over the pool's while sqlx returns the last one in the
+    /// background, and open none.
+    #[tokio::test]
+    async fn sqlite_calls_one_after_another_use_one_connection() {
+        use sqlx::Connection;
+        let db = TestDatabase::sqlite();
+        let store = migrated(&db).await;
+        let e: EntityId = "acme/order/1".parse().unwrap();
+        let calls = |from: i64, to: i64| {
+            let (store, e) = (&store, &e);
+            async move {
+                for v in from..to {
+                    store.apply_patch(&ctx(), e, v, &set(v)).await.unwrap();
+                    assert_eq!(store.state(&ctx(), e).await.unwrap().unwrap().version, v + 1);
+                    assert!(store.block_tool(&ctx(), &format!("tool{v}"), "test").await.unwrap());
+                }
+            }
+        };
+        calls(0, 10).await;
+        // The pool's size is what `Store::open` left (its migration checks
+        // use the pool directly).
+        let size = sqlite_pool(&store).size();
+        let (conn, checked) = store.spare.take().expect("the connection is kept as the spare");
+        assert!(checked);
+        let cached = conn.cached_statements_size();
+        assert!(cached >= 3, "the calls' statements are prepared on the spare: {cached}");
+        store.spare.put(conn, true, sqlite_pool(&store));
+        calls(10, 20).await;
+        let (conn, _) = store.spare.take().expect("the spare");
+        assert_eq!(conn.cached_statements_size(), cached, "the same connection served every call");
+        assert_eq!(sqlite_pool(&store).size(), size, "no connection opened for calls made one after another");
+    }
+
+    /// A call that failed (or was dropped) leaves its connection as the
+    /// spare marked unchecked: it is pinged before it serves the next call,
+    /// and the next call finishing marks it checked again.
+    #[tokio::test]
+    async fn sqlite_a_failed_call_leaves_its_connection_unchecked() {
+        let db = TestDatabase::sqlite();
+        let store = migrated(&db).await;
+        let c = ctx();
+        let mut tx = store.begin_single(&c).await.unwrap();
+        let r = on_tx!(tx, conn => sqlx::query("SELECT * FROM no_such_table").execute(conn).await.map(|_| ()));
+        assert!(r.is_err());
+        drop(tx);
+        assert!(matches!(*store.spare.0.lock().unwrap(), Some((_, false))));
+        assert_eq!(blocks(&store).await, 0);
+        assert!(matches!(*store.spare.0.lock().unwrap(), Some((_, true))));
+    }
+
+    /// A transaction dropped without its commit is rolled back before its
+    /// connection serves anything else: a later commit is a transaction of
+    /// its own, visible to another connection (not a savepoint inside the
+    /// abandoned one), and the abandoned write is not.
+    async fn dropped_transaction_is_rolled_back(db: TestDatabase) {
+        let store = migrated(&db).await;
+        let c = ctx();
+        let mut tx = store.begin(&c).await.unwrap();
+        insert_block(&mut tx, &store, "abandoned").await;
+        drop(tx);
+        assert_eq!(blocks(&store).await, 0);
+        let mut tx = store.begin(&c).await.unwrap();
+        insert_block(&mut tx, &store, "kept").await;
+        tx.commit().await.unwrap();
+        let other = Store::open(&db.kernel_url().parse().unwrap()).await.unwrap();
+        assert_eq!(blocks(&other).await, 1);
+        assert!(other.tool_blocked(&c, "kept").await.unwrap().is_some());
+        assert!(other.tool_blocked(&c, "abandoned").await.unwrap().is_none());
+        other.close().await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn dropped_transaction_is_rolled_back_sqlite() {
+        dropped_transaction_is_rolled_back(TestDatabase::sqlite()).await;
+    }
+
+    #[tokio::test]
+    async fn dropped_transaction_is_rolled_back_postgres() {
+        dropped_transaction_is_rolled_back(TestDatabase::postgres().await).await;
+    }
+
+    /// A store (its spare connection) dropped after its runtime has gone
+    /// does not panic: sqlx returns a connection from a spawned task, which
+    /// needs a runtime, so the spare is closed instead.
+    #[test]
+    fn sqlite_a_store_outliving_its_runtime_drops_cleanly() {
+        let db = TestDatabase::sqlite();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let store = rt.block_on(async {
+            let store = migrated(&db).await;
+            assert!(store.block_tool(&ctx(), "t", "test").await.unwrap());
+            store
+        });
+        drop(rt);
+        assert!(store.spare.0.lock().unwrap().is_some());
+        drop(store);
+    }
 }
