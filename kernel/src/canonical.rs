@@ -305,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn inv_05_a_digest_is_spelled_as_64_lowercase_hex_characters() {
+    fn inv05_a_digest_is_spelled_as_64_lowercase_hex_characters() {
         // FIPS 180-2's "abc" example.
         assert_eq!(sha256_hex_of(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         for bytes in [&b""[..], b"{}", &[0xff; 1000]] {

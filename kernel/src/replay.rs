@@ -158,14 +158,13 @@ enum Hashed {
 /// The canonical hashes of a long transcript, shared out between the
 /// replaying thread and a second one.
 ///
-/// Replay is serial, but most of its cost is hashing (the step keys and
-/// the response digests go through the JCS crate), and each of those
-/// hashes is a function of one recorded line. So a second thread walks the
-/// transcript from its last line back and hashes every line not yet taken,
-/// while the
-/// replaying thread, going forward, hashes every line it reaches that the
-/// other has not taken, and takes the other's hash for the rest (waiting
-/// only for the one line being hashed where they meet). Each line is
+/// Replay is serial, but a large part of its cost is hashing (the step
+/// keys and the response digests, through [`crate::canonical`]), and each
+/// of those hashes is a function of one recorded line. So a second thread
+/// walks the transcript from its last line back and hashes every line not
+/// yet taken, while the replaying thread, going forward, hashes every line
+/// it reaches that the other has not taken, and takes the other's hash for
+/// the rest (waiting only for the one line being hashed where they meet). Each line is
 /// claimed once (an atomic swap), so no hash is computed twice, and the
 /// work balances itself. (Both walking forward was slower: once the second
 /// thread caught up, it kept one line ahead, and the replaying thread
