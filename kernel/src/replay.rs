@@ -164,11 +164,11 @@ enum Hashed {
 /// walks the transcript from its last line back and hashes every line not
 /// yet taken, while the replaying thread, going forward, hashes every line
 /// it reaches that the other has not taken, and takes the other's hash for
-/// the rest (waiting only for the one line being hashed where they meet). Each line is
-/// claimed once (an atomic swap), so no hash is computed twice, and the
-/// work balances itself. (Both walking forward was slower: once the second
-/// thread caught up, it kept one line ahead, and the replaying thread
-/// waited for every hash in turn.)
+/// the rest (waiting only for the one line being hashed where they meet).
+/// Each line is claimed once (an atomic swap), so no hash is computed
+/// twice, and the work balances itself. (Both walking forward was slower:
+/// once the second thread caught up, it kept one line ahead, and the
+/// replaying thread waited for every hash in turn.)
 struct Ahead<'t> {
     lines: &'t [Line],
     /// Per line: taken by the thread that hashes it.
