@@ -317,8 +317,9 @@ both!(stale_and_concurrent_state_writes_conflict, stale_and_concurrent_state_wri
 /// Writes after failed calls, and from more callers at once than the pool
 /// has connections, are committed for every connection: a second handle on
 /// the same database (its own pool) sees each of them. On SQLite a call
-/// reuses the connection the one before it left (the store's spare) only
-/// after that call succeeded; these are the paths where it must not.
+/// reuses the connection the one before it left (the store's spare); after
+/// a failed call that connection is pinged first, and under contention
+/// the spare is not kept while callers wait: the paths exercised here.
 async fn p1_t13_writes_after_failures_and_under_contention_are_committed(db: TestDatabase) {
     let store = migrated(&db).await;
     let c = ctx("acme");
