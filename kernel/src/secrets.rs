@@ -51,12 +51,25 @@ const KEY_CHECK_AAD: &[u8] = b"autobiz-secrets/v1 key-check";
 pub trait AuditSink: Send + Sync {
     async fn audit(&self, ctx: &TenantContext, event: &AuditEvent) -> Result<()>;
     async fn security(&self, ctx: &TenantContext, event: &SecurityEvent) -> Result<()>;
+    /// Write `events` in order, all or none where the sink can (the store:
+    /// one transaction). By default, one [`AuditSink::audit`] each, stopping
+    /// at the first that fails.
+    async fn audit_all(&self, ctx: &TenantContext, events: &[AuditEvent]) -> Result<()> {
+        for event in events {
+            self.audit(ctx, event).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
 impl AuditSink for Store {
     async fn audit(&self, ctx: &TenantContext, event: &AuditEvent) -> Result<()> {
         self.record_audit(ctx, event).await
+    }
+
+    async fn audit_all(&self, ctx: &TenantContext, events: &[AuditEvent]) -> Result<()> {
+        self.record_audits(ctx, events).await
     }
 
     async fn security(&self, ctx: &TenantContext, event: &SecurityEvent) -> Result<()> {
@@ -83,6 +96,10 @@ pub struct PreviousVersion {
     pub readable_until: DateTime<Utc>,
 }
 
+/// What [`SecretsProvider::get_then`]'s caller checks of a value before it
+/// uses it (the sandbox guard's live-key check).
+pub type ValueCheck = dyn for<'v> Fn(&'v SecretString) -> Result<()> + Send + Sync;
+
 /// Per-tenant credentials. Implementations must refuse cross-tenant access
 /// and audit every access.
 #[async_trait::async_trait]
@@ -90,6 +107,30 @@ pub trait SecretsProvider: Send + Sync {
     /// The current value of `reference` (`NAME`, or `TENANT/NAME` naming the
     /// caller's own tenant).
     async fn get(&self, ctx: &TenantContext, reference: &str) -> Result<SecretString>;
+    /// [`SecretsProvider::get`] for a caller that audits what it does with
+    /// the value next (a provider request it authenticates): `check` looks
+    /// at the value first; if it refuses, only the read is audited and
+    /// `check`'s error returned; otherwise the read and `then` are audited
+    /// and the value returned, and no value is returned unless both are on
+    /// record.
+    ///
+    /// By default the read is audited as `get` does it and `then` is
+    /// written to `sink` after `check`. A provider that audits through a
+    /// sink of its own writes the read and `then` there in one write (one
+    /// commit for the store), which is what this method is for.
+    async fn get_then(
+        &self,
+        ctx: &TenantContext,
+        reference: &str,
+        check: &ValueCheck,
+        then: &[AuditEvent],
+        sink: &dyn AuditSink,
+    ) -> Result<SecretString> {
+        let value = self.get(ctx, reference).await?;
+        check(&value)?;
+        sink.audit_all(ctx, then).await?;
+        Ok(value)
+    }
     /// A specific version: the current one, or a previous one within its
     /// grace period (`SECRET_VERSION_EXPIRED` after it).
     async fn get_version(&self, ctx: &TenantContext, reference: &str, version: u32) -> Result<SecretString>;
@@ -281,16 +322,33 @@ impl FileSecrets {
         Err(refusal)
     }
 
-    async fn audit(&self, ctx: &TenantContext, action: &str, name: &str, outcome: &str) -> Result<()> {
-        let event = AuditEvent {
+    fn event(ctx: &TenantContext, action: &str, name: &str, outcome: &str) -> AuditEvent {
+        AuditEvent {
             action: action.to_owned(),
             resource: format!("secret:{}/{name}", ctx.tenant()),
             outcome: outcome.to_owned(),
-        };
-        self.audit.audit(ctx, &event).await
+        }
+    }
+
+    async fn audit(&self, ctx: &TenantContext, action: &str, name: &str, outcome: &str) -> Result<()> {
+        self.audit.audit(ctx, &Self::event(ctx, action, name, outcome)).await
     }
 
     async fn read_version(&self, ctx: &TenantContext, reference: &str, wanted: Option<u32>) -> Result<SecretString> {
+        self.read_then(ctx, reference, wanted, &|_| Ok(()), &[]).await
+    }
+
+    /// Read version `wanted` (else the current one) of `reference`, audited;
+    /// when `check` accepts the value, `then` is written with the read's
+    /// entry, in one write (see [`SecretsProvider::get_then`]).
+    async fn read_then(
+        &self,
+        ctx: &TenantContext,
+        reference: &str,
+        wanted: Option<u32>,
+        check: &ValueCheck,
+        then: &[AuditEvent],
+    ) -> Result<SecretString> {
         let (owner, name) = Self::resolve(ctx, reference)?;
         self.authorize(ctx, &owner, &name).await?;
         let vault = self.load_blocking().await?;
@@ -318,7 +376,15 @@ impl FileSecrets {
             ));
         }
         let value = self.key.open(&owner, &name, stored)?;
-        self.audit(ctx, "secret_read", &name, "allowed").await?;
+        let read = Self::event(ctx, "secret_read", &name, "allowed");
+        if let Err(refused) = check(&value) {
+            self.audit.audit(ctx, &read).await?;
+            return Err(refused);
+        }
+        let mut events = Vec::with_capacity(1 + then.len());
+        events.push(read);
+        events.extend_from_slice(then);
+        self.audit.audit_all(ctx, &events).await?;
         Ok(value)
     }
 
@@ -386,6 +452,19 @@ impl FileSecrets {
 impl SecretsProvider for FileSecrets {
     async fn get(&self, ctx: &TenantContext, reference: &str) -> Result<SecretString> {
         self.read_version(ctx, reference, None).await
+    }
+
+    /// The read and `then` in one write to this provider's own sink (`sink`
+    /// is not used: in `autobiz` both are the store).
+    async fn get_then(
+        &self,
+        ctx: &TenantContext,
+        reference: &str,
+        check: &ValueCheck,
+        then: &[AuditEvent],
+        _sink: &dyn AuditSink,
+    ) -> Result<SecretString> {
+        self.read_then(ctx, reference, None, check, then).await
     }
 
     async fn get_version(&self, ctx: &TenantContext, reference: &str, version: u32) -> Result<SecretString> {
@@ -597,16 +676,23 @@ mod tests {
     struct MemoryAudit {
         audits: Mutex<Vec<(String, AuditEvent)>>,
         security: Mutex<Vec<(String, SecurityEvent)>>,
+        /// The number of entries of each write, in order.
+        writes: Mutex<Vec<usize>>,
         fail: bool,
     }
 
     #[async_trait::async_trait]
     impl AuditSink for MemoryAudit {
         async fn audit(&self, ctx: &TenantContext, event: &AuditEvent) -> Result<()> {
+            self.audit_all(ctx, std::slice::from_ref(event)).await
+        }
+        async fn audit_all(&self, ctx: &TenantContext, events: &[AuditEvent]) -> Result<()> {
             if self.fail {
                 return Err(Error::new(ErrorCode::StoreUnavailable, "audit store down"));
             }
-            self.audits.lock().unwrap().push((ctx.tenant().to_string(), event.clone()));
+            let mut audits = self.audits.lock().unwrap();
+            audits.extend(events.iter().map(|e| (ctx.tenant().to_string(), e.clone())));
+            self.writes.lock().unwrap().push(events.len());
             Ok(())
         }
         async fn security(&self, ctx: &TenantContext, event: &SecurityEvent) -> Result<()> {
@@ -731,6 +817,45 @@ mod tests {
         let failing = Arc::new(MemoryAudit { fail: true, ..Default::default() });
         let s2 = FileSecrets::open(&f.path, MasterKey::decode(&f.key_b64).unwrap(), failing).unwrap();
         assert_eq!(s2.get(&ctx("acme"), "K").await.unwrap_err().code(), ErrorCode::StoreUnavailable);
+    }
+
+    /// What a provider call does with a credential: the read and the
+    /// request it authenticates are one write; a value its check refuses is
+    /// audited as read, alone, and the check's error returned; a write that
+    /// fails withholds the value.
+    #[tokio::test]
+    async fn p1_h06_a_read_and_the_request_it_authenticates_are_audited_in_one_write() {
+        let f = fixture();
+        let s = f.open().unwrap();
+        let c = ctx("acme");
+        s.set(&c, "K", secret("sk_test_1")).await.unwrap();
+        let sent = [AuditEvent {
+            action: "provider.stripe.request".into(),
+            resource: "POST 127.0.0.1:9/v1/payment_intents".into(),
+            outcome: "sent".into(),
+        }];
+        let accept = |_: &SecretString| Ok(());
+        let value = s.get_then(&c, "K", &accept, &sent, f.audit.as_ref()).await.unwrap();
+        assert_eq!(value.expose_secret(), "sk_test_1");
+        assert_eq!(*f.audit.writes.lock().unwrap(), vec![1, 2], "set, then the read with the request");
+        let last: Vec<_> =
+            f.audit.audits.lock().unwrap().iter().skip(1).map(|(_, e)| (e.action.clone(), e.outcome.clone())).collect();
+        assert_eq!(
+            last,
+            vec![("secret_read".into(), "allowed".into()), ("provider.stripe.request".into(), "sent".into())]
+        );
+
+        let refuse = |_: &SecretString| Err(Error::new(ErrorCode::SandboxLiveKeyRefused, "a live key"));
+        let err = s.get_then(&c, "K", &refuse, &sent, f.audit.as_ref()).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::SandboxLiveKeyRefused);
+        assert_eq!(*f.audit.writes.lock().unwrap(), vec![1, 2, 1], "the read alone, no request");
+        let (_, read) = f.audit.audits.lock().unwrap().last().cloned().unwrap();
+        assert_eq!((read.action.as_str(), read.outcome.as_str()), ("secret_read", "allowed"));
+
+        let failing = Arc::new(MemoryAudit { fail: true, ..Default::default() });
+        let s2 = FileSecrets::open(&f.path, MasterKey::decode(&f.key_b64).unwrap(), failing.clone()).unwrap();
+        let err = s2.get_then(&c, "K", &accept, &sent, failing.as_ref()).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::StoreUnavailable);
     }
 
     #[tokio::test]

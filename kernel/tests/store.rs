@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use autobiz_kernel::ErrorCode;
 use autobiz_kernel::secrets::{FileSecrets, MasterKey, SecretsProvider};
-use autobiz_kernel::store::{Backend, DatabaseUrl, Store, TENANT_TABLES, migrator};
+use autobiz_kernel::store::{AuditEvent, Backend, DatabaseUrl, Store, TENANT_TABLES, migrator};
 use autobiz_kernel::tenant::{CorrelationId, EntityId, Principal, TenantContext};
 use autobiz_testkit::TestDatabase;
 use secrecy::SecretString;
@@ -389,6 +389,37 @@ async fn cross_tenant_secret_access_is_refused_and_audited_in_the_store(db: Test
 both!(
     p1_t32_cross_tenant_secret_access_is_refused_and_audited_in_the_store,
     cross_tenant_secret_access_is_refused_and_audited_in_the_store
+);
+
+/// A credential's read and the request it authenticates, audited in one
+/// write by `get_then`, are both in the store, in order, under the caller's
+/// tenant and correlation id.
+async fn a_read_and_its_request_are_both_in_the_store(db: TestDatabase) {
+    let store = migrated(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets =
+        FileSecrets::open(dir.path().join("secrets.json"), MasterKey::generate(), Arc::new(store.clone())).unwrap();
+    let c = ctx("acme");
+    secrets.set(&c, "STRIPE_KEY", SecretString::from("sk_test_acme".to_owned())).await.unwrap();
+    let sent = [AuditEvent {
+        action: "provider.stripe.request".into(),
+        resource: "POST 127.0.0.1:9/v1/payment_intents".into(),
+        outcome: "sent".into(),
+    }];
+    let accept = |_: &SecretString| Ok(());
+    secrets.get_then(&c, "STRIPE_KEY", &accept, &sent, &store).await.unwrap();
+    let audit = store.audit_events(&c, 10).await.unwrap();
+    let newest: Vec<_> = audit.iter().take(2).map(|a| (a.event.action.as_str(), a.correlation_id.as_str())).collect();
+    assert_eq!(
+        newest,
+        vec![("provider.stripe.request", c.correlation_id().as_str()), ("secret_read", c.correlation_id().as_str())],
+        "newest first: the request after the read"
+    );
+    assert!(store.audit_events(&ctx("globex"), 10).await.unwrap().is_empty(), "nothing under another tenant");
+}
+both!(
+    p1_h06_a_read_and_its_request_are_both_in_the_store,
+    a_read_and_its_request_are_both_in_the_store
 );
 
 // --- SQLite specifics ------------------------------------------------------------

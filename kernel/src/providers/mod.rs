@@ -2,14 +2,15 @@
 //! operation a [`Tool`] the executor runs.
 //!
 //! This module is the plumbing they share, so that every outbound request
-//! takes the same path ([`Http::send`]):
+//! takes the same path ([`Providers::send`]):
 //!
-//! 1. the [`SandboxGuard`] checks the credential (no live keys outside
-//!    production) and the destination host (allowlist) before anything is
-//!    sent: a refusal is an error with its own code, never a silent skip;
+//! 1. the [`SandboxGuard`] checks the destination host (allowlist) before
+//!    the credential is read, and the credential (no live keys outside
+//!    production) before anything is sent: a refusal is an error with its
+//!    own code, never a silent skip;
 //! 2. the request is audited (method, host, path; no query, no body, no
-//!    credential) through the [`AuditSink`]; a request that cannot be
-//!    audited is not sent;
+//!    credential) through the [`AuditSink`], in one write with the
+//!    credential's read; a request that cannot be audited is not sent;
 //! 3. the answer is interpreted by the provider's client into JSON or a
 //!    typed failure (declined, rate limited, not found, unavailable, bad
 //!    response...), with the provider's request id in the message;
@@ -473,22 +474,35 @@ impl Http {
         &self.guard
     }
 
-    /// Send `req` (retrying as its rule allows) and interpret each answer
-    /// with `interpret`. Returns the value and the number of attempts.
-    pub(crate) async fn send(
+    /// Refuse (and audit as refused) a request to a destination the guard
+    /// does not allow.
+    async fn check_destination(&self, ctx: &TenantContext, req: &Request<'_>) -> Result<()> {
+        if let Err(e) = self.guard.check_destination(req.provider, &req.url) {
+            self.audit_request(ctx, req, "refused").await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Send `req`, whose destination [`Http::check_destination`] allowed
+    /// (retrying as its rule allows), and interpret each answer with
+    /// `interpret`. Returns the value and the number of attempts. Every
+    /// attempt is audited as sent before it is made; `first_audited` when
+    /// the first one's entry is already on record (written with the
+    /// credential's read, see [`Providers::send`]).
+    async fn send(
         &self,
         ctx: &TenantContext,
         req: Request<'_>,
         interpret: impl Fn(&Raw) -> std::result::Result<Value, Failure>,
+        first_audited: bool,
     ) -> Result<(Value, u64)> {
-        if let Err(e) = self.guard.check_destination(req.provider, &req.url) {
-            self.audit_request(ctx, &req, "refused").await?;
-            return Err(e);
-        }
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            self.audit_request(ctx, &req, "sent").await?;
+            if attempt > 1 || !first_audited {
+                self.audit_request(ctx, &req, "sent").await?;
+            }
             let failure = match self.attempt(&req).await {
                 Ok(raw) => match interpret(&raw) {
                     Ok(v) => return Ok((v, u64::from(attempt))),
@@ -537,14 +551,18 @@ impl Http {
     /// Audit one outbound request: method, host and path only (a query may
     /// carry identifiers, a body customer data, a header the credential).
     async fn audit_request(&self, ctx: &TenantContext, req: &Request<'_>, outcome: &str) -> Result<()> {
-        let host = req.url.host_str().unwrap_or_default();
-        let port = req.url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let event = AuditEvent {
-            action: format!("provider.{}.request", req.provider),
-            resource: format!("{} {host}{port}{}", req.method, req.url.path()),
-            outcome: outcome.to_owned(),
-        };
-        self.audit.audit(ctx, &event).await
+        self.audit.audit(ctx, &request_event(req, outcome)).await
+    }
+}
+
+/// The audit entry of one outbound request.
+fn request_event(req: &Request<'_>, outcome: &str) -> AuditEvent {
+    let host = req.url.host_str().unwrap_or_default();
+    let port = req.url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    AuditEvent {
+        action: format!("provider.{}.request", req.provider),
+        resource: format!("{} {host}{port}{}", req.method, req.url.path()),
+        outcome: outcome.to_owned(),
     }
 }
 
@@ -592,15 +610,13 @@ impl Providers {
         Ok(Providers { endpoints, secrets, http: Http::new(guard, audit, settings)?, sendgrid })
     }
 
-    /// The tenant's credential `name`, refused when live outside production.
-    pub(crate) async fn credential(&self, ctx: &TenantContext, provider: &str, name: &str) -> Result<SecretString> {
-        let key = self.secrets.get(ctx, name).await?;
-        self.http.guard.check_key(provider, &key)?;
-        Ok(key)
-    }
-
     /// Read the tenant's credential `secret` (refused when live outside
     /// production), put it in the request as `auth` says, and send.
+    ///
+    /// The destination is checked before the credential is read (a refused
+    /// request reads no secret). The read and the first attempt's "sent"
+    /// entry are audited in one write, both before the request leaves
+    /// (one commit instead of two per provider call).
     pub(crate) async fn send(
         &self,
         call: &CallContext,
@@ -609,13 +625,17 @@ impl Providers {
         mut req: Request<'_>,
         interpret: impl Fn(&Raw) -> std::result::Result<Value, Failure>,
     ) -> Result<(Value, u64)> {
-        let key = self.credential(&call.ctx, req.provider, secret).await?;
+        self.http.check_destination(&call.ctx, &req).await?;
+        let provider = req.provider;
+        let check = |key: &SecretString| self.http.guard.check_key(provider, key);
+        let sent = [request_event(&req, "sent")];
+        let key = self.secrets.get_then(&call.ctx, secret, &check, &sent, self.http.audit.as_ref()).await?;
         let header = match auth {
             Auth::Bearer => ("Authorization", format!("Bearer {}", key.expose_secret())),
             Auth::Header(name) => (name, key.expose_secret().to_owned()),
         };
         req.headers.insert(0, header);
-        self.http.send(&call.ctx, req, interpret).await
+        self.http.send(&call.ctx, req, interpret, true).await
     }
 
     /// Run one provider tool directly (the executor does this through

@@ -183,12 +183,32 @@ impl Store {
             .collect())
     }
 
-    /// Write an audit event under `ctx`'s tenant.
+    /// Write an audit event under `ctx`'s tenant (one statement: on SQLite
+    /// a commit of its own, without BEGIN and COMMIT round trips).
     pub async fn record_audit(&self, ctx: &TenantContext, event: &AuditEvent) -> Result<()> {
         let now = self.clock.now();
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_single(ctx).await?;
         insert_audit(&mut tx, ctx, event, now).await?;
         tx.commit().await
+    }
+
+    /// Write `events` under `ctx`'s tenant, in order, in one transaction:
+    /// all of them are on record or none is. One commit (one flush to the
+    /// disk) for entries that precede one action, such as a credential's
+    /// read and the request it authenticates.
+    pub async fn record_audits(&self, ctx: &TenantContext, events: &[AuditEvent]) -> Result<()> {
+        match events {
+            [] => Ok(()),
+            [one] => self.record_audit(ctx, one).await,
+            _ => {
+                let now = self.clock.now();
+                let mut tx = self.begin(ctx).await?;
+                for event in events {
+                    insert_audit(&mut tx, ctx, event, now).await?;
+                }
+                tx.commit().await
+            }
+        }
     }
 
     /// Write an audit event inside `tx`, so that it commits (or not) with
