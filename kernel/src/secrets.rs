@@ -98,7 +98,7 @@ pub struct PreviousVersion {
 
 /// What [`SecretsProvider::get_then`]'s caller checks of a value before it
 /// uses it (the sandbox guard's live-key check).
-pub type ValueCheck = dyn for<'v> Fn(&'v SecretString) -> Result<()> + Send + Sync;
+pub type ValueCheck<'a> = dyn for<'v> Fn(&'v SecretString) -> Result<()> + Send + Sync + 'a;
 
 /// Per-tenant credentials. Implementations must refuse cross-tenant access
 /// and audit every access.
@@ -122,7 +122,7 @@ pub trait SecretsProvider: Send + Sync {
         &self,
         ctx: &TenantContext,
         reference: &str,
-        check: &ValueCheck,
+        check: &ValueCheck<'_>,
         then: &[AuditEvent],
         sink: &dyn AuditSink,
     ) -> Result<SecretString> {
@@ -346,7 +346,7 @@ impl FileSecrets {
         ctx: &TenantContext,
         reference: &str,
         wanted: Option<u32>,
-        check: &ValueCheck,
+        check: &ValueCheck<'_>,
         then: &[AuditEvent],
     ) -> Result<SecretString> {
         let (owner, name) = Self::resolve(ctx, reference)?;
@@ -460,7 +460,7 @@ impl SecretsProvider for FileSecrets {
         &self,
         ctx: &TenantContext,
         reference: &str,
-        check: &ValueCheck,
+        check: &ValueCheck<'_>,
         then: &[AuditEvent],
         _sink: &dyn AuditSink,
     ) -> Result<SecretString> {

@@ -417,10 +417,7 @@ async fn a_read_and_its_request_are_both_in_the_store(db: TestDatabase) {
     );
     assert!(store.audit_events(&ctx("globex"), 10).await.unwrap().is_empty(), "nothing under another tenant");
 }
-both!(
-    p1_h06_a_read_and_its_request_are_both_in_the_store,
-    a_read_and_its_request_are_both_in_the_store
-);
+both!(p1_h06_a_read_and_its_request_are_both_in_the_store, a_read_and_its_request_are_both_in_the_store);
 
 // --- SQLite specifics ------------------------------------------------------------
 
