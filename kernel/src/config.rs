@@ -18,7 +18,6 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use toml::de::{DeTable, DeValue};
 
 use crate::error::{Error, ErrorCode, Result};
@@ -102,7 +101,7 @@ impl BusinessConfig {
     /// `sha256:` + hex of SHA-256 over the RFC 8785 canonical form.
     pub fn hash(&self) -> String {
         let canonical = crate::canonical::to_vec(&self.value).expect("a TOML-derived value is canonicalizable");
-        format!("sha256:{}", hex::encode(Sha256::digest(canonical)))
+        format!("sha256:{}", crate::canonical::sha256_hex_of(canonical.as_ref()))
     }
 
     /// The typed config. Meaningful once the schema check passed; before

@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::error::{Error, ErrorCode, Result};
@@ -435,7 +434,7 @@ pub fn normalize(provider: Provider, headers: &Headers, body: &[u8]) -> Result<N
     if !payload.is_object() {
         return Err(malformed("the body is not a JSON object"));
     }
-    let payload_sha256 = hex::encode(Sha256::digest(body));
+    let payload_sha256 = crate::canonical::sha256_hex_of(body);
     let text = |v: &Value| v.as_str().filter(|s| safe_token(s)).map(str::to_owned);
     let (event_type, provider_event_id, entity_id, occurred_at) = match provider {
         Provider::Stripe => {

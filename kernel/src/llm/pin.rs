@@ -9,7 +9,6 @@
 //! model half way (no dynamic model switching without the deploy gate).
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// A prompt template: text with `{{name}}` placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +20,7 @@ pub struct PromptTemplate {
 impl PromptTemplate {
     pub fn new(text: impl Into<String>) -> PromptTemplate {
         let text = text.into();
-        let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+        let sha256 = crate::canonical::sha256_hex_of(text.as_bytes());
         PromptTemplate { text, sha256 }
     }
 
