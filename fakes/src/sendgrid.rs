@@ -92,7 +92,7 @@ impl SendgridState {
             None
         } else {
             self.seq += 1;
-            Some(format!("fakeMsg{:016}", self.seq))
+            Some(format!("fakeMsg{:010}", self.seq)) // no card-like digit run, as the Stripe fake's ids
         };
         self.made.made(());
         self.sent.push_back(SentMail {

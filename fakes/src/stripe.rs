@@ -109,9 +109,15 @@ fn tax_rate_bp(country: &str) -> i64 {
 }
 
 impl StripeState {
+    /// `pi_fake0000000001`, `ch_fake0000000002`, ...: real ids are random
+    /// base62 with no long digit runs, and so are these. A counter of 13 or
+    /// more digits is a card number to the kernel's redaction scanner when
+    /// it passes Luhn (about one in ten), which masks the id in the trace and
+    /// raises a `redaction_alert`: a fake whose ids did that would be
+    /// unfaithful, and would bury a real alert under false ones.
     fn next_id(&mut self, prefix: &str) -> String {
         self.seq += 1;
-        format!("{prefix}_{:014}", self.seq)
+        format!("{prefix}_fake{:010}", self.seq)
     }
 
     /// PaymentIntents by id.
@@ -425,7 +431,7 @@ impl Provider for StripeState {
 
     fn request_id(&mut self) -> String {
         self.request_seq += 1;
-        format!("req_{:014}", self.request_seq)
+        format!("req_fake{:010}", self.request_seq) // as `next_id`
     }
 
     /// Test-mode secret and restricted keys only: a fake never accepts a live

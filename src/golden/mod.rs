@@ -108,7 +108,7 @@ pub struct Setup {
     #[serde(default)]
     pub shopify_orders: Vec<Value>,
     /// Stripe PaymentIntents authorized and captured, amounts in minor
-    /// units (USD). Ids count from `pi_00000000000001` in a fresh fake.
+    /// units (USD). Ids count from `pi_fake0000000001` in a fresh fake.
     #[serde(default)]
     pub captured_payments: Vec<i64>,
     /// Stripe PaymentIntents authorized only (manual capture pending).
