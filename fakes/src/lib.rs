@@ -87,6 +87,18 @@ impl Fakes {
         })
     }
 
+    /// Put all four on one clock (see [`FakeServer::set_clock`]): the
+    /// providers' time is the caller's, a soak's virtual days or a golden
+    /// scenario's manual clock, so that what they stamp (a PaymentIntent's
+    /// `created`) and what expires (Stripe's idempotency keys) agree with
+    /// the kernel's store.
+    pub fn set_clock(&self, clock: impl Fn() -> std::time::SystemTime + Clone + Send + Sync + 'static) {
+        self.stripe.set_clock(clock.clone());
+        self.shopify.set_clock(clock.clone());
+        self.printful.set_clock(clock.clone());
+        self.sendgrid.set_clock(clock);
+    }
+
     /// Provider name and base URL of each fake, in a fixed order.
     pub fn uris(&self) -> Vec<(&'static str, String)> {
         vec![

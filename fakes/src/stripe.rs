@@ -148,13 +148,8 @@ impl StripeState {
         let path = ex.path().trim_end_matches('/');
         let parts: Vec<&str> = path.split('/').skip(1).collect();
         match (ex.method(), parts.as_slice()) {
-            ("POST", ["v1", "payment_intents"]) => self.create_intent(params),
-            // Oldest first (Stripe lists newest first and paginates; the
-            // fake returns every intent on one page).
-            ("GET", ["v1", "payment_intents"]) => Reply::json(
-                200,
-                json!({ "object": "list", "url": "/v1/payment_intents", "has_more": false, "data": self.intents.values().cloned().collect::<Vec<_>>() }),
-            ),
+            ("POST", ["v1", "payment_intents"]) => self.create_intent(params, ex.at),
+            ("GET", ["v1", "payment_intents"]) => self.list_intents(ex),
             ("GET", ["v1", "payment_intents", id]) => match self.intents.get(*id) {
                 Some(pi) => Reply::json(200, pi.clone()),
                 None => not_found("payment_intent", id),
@@ -173,7 +168,54 @@ impl StripeState {
         }
     }
 
-    fn create_intent(&mut self, p: &BTreeMap<String, String>) -> Reply {
+    /// `GET /v1/payment_intents` as Stripe pages it: newest first, `limit`
+    /// (1 to 100, default 10) a page, `has_more`, the next page after
+    /// `starting_after` (an id of the previous page), filtered on `created`
+    /// (`created[gte]`, `[gt]`, `[lte]`, `[lt]`, Unix seconds).
+    fn list_intents(&self, ex: &Exchange<'_>) -> Reply {
+        let int = |name: &str| match ex.query_param(name) {
+            None => Ok(None),
+            Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
+                error(400, "invalid_request_error", Some("parameter_invalid_integer"), &format!("Invalid integer: {v}"))
+            }),
+        };
+        let bounds = (int("limit"), int("created[gte]"), int("created[gt]"), int("created[lte]"), int("created[lt]"));
+        let (limit, gte, gt, lte, lt) = match bounds {
+            (Ok(l), Ok(a), Ok(b), Ok(c), Ok(d)) => (l.unwrap_or(10), a, b, c, d),
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => return e,
+        };
+        if !(1..=100).contains(&limit) {
+            return error(
+                400,
+                "invalid_request_error",
+                Some("parameter_invalid_integer"),
+                "This value must be greater than or equal to 1 and less than or equal to 100.",
+            );
+        }
+        let after = ex.query_param("starting_after");
+        if let Some(id) = after.as_deref().filter(|id| !self.intents.contains_key(*id)) {
+            return not_found("payment_intent", id);
+        }
+        let in_range = |pi: &&Value| {
+            let c = pi["created"].as_i64().unwrap_or_default();
+            gte.is_none_or(|b| c >= b)
+                && gt.is_none_or(|b| c > b)
+                && lte.is_none_or(|b| c <= b)
+                && lt.is_none_or(|b| c < b)
+        };
+        // Ids count up, so the map's order is the order of making.
+        let newer_first = self.intents.iter().rev();
+        let mut page = newer_first
+            .skip_while(|(id, _)| after.as_ref().is_some_and(|a| *id != a))
+            .skip(usize::from(after.is_some()))
+            .map(|(_, pi)| pi)
+            .filter(in_range);
+        let data: Vec<Value> = page.by_ref().take(limit as usize).cloned().collect();
+        let has_more = page.next().is_some();
+        Reply::json(200, json!({ "object": "list", "url": "/v1/payment_intents", "has_more": has_more, "data": data }))
+    }
+
+    fn create_intent(&mut self, p: &BTreeMap<String, String>, at: SystemTime) -> Reply {
         let Some(amount) = p.get("amount") else { return missing("amount") };
         let Ok(amount) = amount.parse::<i64>() else {
             return error(400, "invalid_request_error", Some("parameter_invalid_integer"), "Invalid integer: amount");
@@ -197,6 +239,7 @@ impl StripeState {
         let pi = json!({
             "id": id,
             "object": "payment_intent",
+            "created": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             "amount": amount,
             "amount_capturable": 0,
             "amount_received": 0,

@@ -1,11 +1,17 @@
 //! The daily closeout's own tools (WF07): the kernel's receipts against a
 //! provider's records, and drift cases opened for reconciliation.
 //!
-//! * `ledger.reconcile` (READ): every capture receipt of the tenant (with the
-//!   PaymentIntent its effect returned) against the PaymentIntents Stripe
-//!   lists. A receipt whose intent Stripe does not hold as captured for the
-//!   receipted amount, and a captured intent without a receipt (money moved
-//!   outside the kernel), are drift.
+//! * `ledger.reconcile` (READ, input `day` and `provider`): the capture
+//!   receipts written on `day` (UTC; each with the PaymentIntent its effect
+//!   returned) against the PaymentIntents Stripe lists for that day
+//!   (`stripe.payment_intent.list` with the same `day`: those made from
+//!   [`CAPTURE_WINDOW_DAYS`] before it to its end). A receipt whose intent
+//!   Stripe does not hold as captured for the receipted amount, and a
+//!   captured intent without a receipt since the window began (money moved
+//!   outside the kernel), are drift. What it reads is a week and a day of
+//!   receipts, whatever the length of the store's history: before, every
+//!   capture receipt ever written was read, one query each, and every one
+//!   older than the provider's window came back as drift every day.
 //! * `ledger.drift.open` (WRITE): each drift case becomes the versioned
 //!   state of the entity `drift_case/<id>` (status `open`), created once: a
 //!   case already open is left as it is. Runs under the executor's
@@ -13,12 +19,15 @@
 //!
 //! Both are bound with [`bind`] to an executor over the store.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use serde_json::{Value, json};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::executor::{CallContext, Executor, Tool, ToolOutput};
+pub use crate::providers::CAPTURE_WINDOW_DAYS;
 use crate::store::Store;
 use crate::tenant::EntityId;
 
@@ -43,12 +52,16 @@ pub fn bind(exec: &mut Executor, store: Store) -> Result<Vec<&'static str>> {
 
 /// Compare receipted captures with the provider's PaymentIntents:
 /// `{receipts, provider_captures, matched, drift: [{id, kind, payment_intent,
-/// receipted_minor, provider_minor}], drift_count}`.
-pub fn reconcile(receipts: &[(String, Option<i64>)], provider: &[Value]) -> Value {
+/// receipted_minor, provider_minor}], drift_count}`. `receipts` are the
+/// captures checked (the day's); `receipted` holds every PaymentIntent with a
+/// capture receipt over the provider's window (those of `receipts` among
+/// them), so an intent captured on an earlier day is not missing a receipt.
+pub fn reconcile(receipts: &[(String, Option<i64>)], receipted: &HashSet<&str>, provider: &[Value]) -> Value {
+    let by_id: HashMap<&str, &Value> = provider.iter().filter_map(|p| Some((p["id"].as_str()?, p))).collect();
     let mut drift = Vec::new();
     let mut matched = 0u64;
     for (pi, amount) in receipts {
-        let found = provider.iter().find(|p| p["id"].as_str() == Some(pi.as_str()));
+        let found = by_id.get(pi.as_str());
         let provider_minor = found.and_then(|p| p["amount_received"].as_i64());
         match found {
             Some(p) if p["status"] == "succeeded" && provider_minor == *amount => matched += 1,
@@ -59,7 +72,7 @@ pub fn reconcile(receipts: &[(String, Option<i64>)], provider: &[Value]) -> Valu
     let captured: Vec<&Value> = provider.iter().filter(|p| p["amount_received"].as_i64().unwrap_or(0) > 0).collect();
     for p in &captured {
         let id = p["id"].as_str().unwrap_or_default();
-        if !receipts.iter().any(|(pi, _)| pi == id) {
+        if !receipted.contains(id) && !receipts.iter().any(|(pi, _)| pi == id) {
             drift.push(case("missing_receipt", id, None, p["amount_received"].as_i64()));
         }
     }
@@ -70,6 +83,13 @@ pub fn reconcile(receipts: &[(String, Option<i64>)], provider: &[Value]) -> Valu
         "drift_count": drift.len(),
         "drift": drift,
     })
+}
+
+/// The start (00:00 UTC) of `day` (`YYYY-MM-DD`).
+pub fn day_start(day: &str, what: &str) -> Result<DateTime<Utc>> {
+    NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map(|d| d.and_time(NaiveTime::MIN).and_utc())
+        .map_err(|_| Error::new(ErrorCode::InvalidInput, format!("{what}: `day` must be YYYY-MM-DD, not {day:?}")))
 }
 
 fn case(kind: &str, pi: &str, receipted: Option<i64>, provider: Option<i64>) -> Value {
@@ -90,13 +110,23 @@ impl Tool for Reconcile {
         let provider = input.get("provider").and_then(Value::as_array).ok_or_else(|| {
             Error::new(ErrorCode::InvalidInput, "ledger.reconcile: `provider` (the provider's records) is required")
         })?;
-        let mut receipts = Vec::new();
-        for r in self.0.receipts_for_tool(&call.ctx, CAPTURE_TOOL).await? {
-            let result = self.0.receipt_result(&call.ctx, &r).await?;
-            let pi = result.as_ref().and_then(|v| v["id"].as_str()).map(str::to_owned).unwrap_or_default();
-            receipts.push((pi, r.amount_minor));
-        }
-        Ok(ToolOutput::new(reconcile(&receipts, provider)))
+        let day = input.get("day").and_then(Value::as_str).ok_or_else(|| {
+            Error::new(ErrorCode::InvalidInput, "ledger.reconcile: `day` (YYYY-MM-DD, the day closed) is required")
+        })?;
+        let start = day_start(day, RECONCILE)?;
+        let end = start + Duration::days(1);
+        let since = start - Duration::days(CAPTURE_WINDOW_DAYS);
+        let window = self.0.receipt_results_since(&call.ctx, CAPTURE_TOOL, since).await?;
+        let intent =
+            |result: &Option<Value>| result.as_ref().and_then(|v| v["id"].as_str()).unwrap_or_default().to_owned();
+        let receipts: Vec<(String, Option<i64>)> = window
+            .iter()
+            .filter(|(r, _)| r.created_at >= start && r.created_at < end)
+            .map(|(r, result)| (intent(result), r.amount_minor))
+            .collect();
+        let receipted: HashSet<&str> =
+            window.iter().filter_map(|(_, result)| result.as_ref()?["id"].as_str()).collect();
+        Ok(ToolOutput::new(reconcile(&receipts, &receipted, provider)))
     }
 }
 
@@ -143,13 +173,20 @@ mod tests {
         ];
         let receipts =
             vec![("pi_1".to_owned(), Some(2500)), ("pi_2".to_owned(), Some(1000)), ("pi_9".to_owned(), Some(5))];
-        let r = reconcile(&receipts, &provider);
+        let receipted: HashSet<&str> = receipts.iter().map(|(pi, _)| pi.as_str()).collect();
+        let r = reconcile(&receipts, &receipted, &provider);
         assert_eq!((r["matched"].as_u64(), r["drift_count"].as_u64()), (Some(1), Some(3)));
         let kinds: Vec<&str> = r["drift"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["amount_mismatch", "missing_at_provider", "missing_receipt"]);
         assert_eq!(r["drift"][2]["payment_intent"], "pi_3");
         // A clean day has no drift.
-        let clean = reconcile(&receipts[..1], &provider[..1]);
+        let clean = reconcile(&receipts[..1], &HashSet::from(["pi_1"]), &provider[..1]);
         assert_eq!((clean["matched"].as_u64(), clean["drift_count"].as_u64()), (Some(1), Some(0)));
+        // pi_3 was captured, with its receipt, on an earlier day of the
+        // window: not a missing receipt today, and not counted as matched.
+        let earlier = reconcile(&receipts[..1], &HashSet::from(["pi_1", "pi_2", "pi_3"]), &provider);
+        assert_eq!(earlier["drift_count"], 0);
+        let today = reconcile(&[], &HashSet::from(["pi_3"]), &provider);
+        assert_eq!((today["matched"].as_u64(), today["drift_count"].as_u64()), (Some(0), Some(2)));
     }
 }

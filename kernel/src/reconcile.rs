@@ -260,7 +260,8 @@ impl Reconciler {
         let listed = calls.call("stripe.payment_intent.list", json!({})).await?;
         let intents = listed["data"].as_array().cloned().unwrap_or_default();
         let mut out = Vec::new();
-        let found = closeout::reconcile(&captures, &intents);
+        let receipted: std::collections::HashSet<&str> = captures.iter().map(|(pi, _)| pi.as_str()).collect();
+        let found = closeout::reconcile(&captures, &receipted, &intents);
         for d in found["drift"].as_array().into_iter().flatten() {
             let pi = d["payment_intent"].as_str().unwrap_or_default();
             out.push(Drift {

@@ -270,6 +270,44 @@ async fn p1_t23_refund_partial_then_too_much_is_rejected() {
     assert_eq!(wrong.code(), ErrorCode::ProviderBadResponse);
 }
 
+/// The list follows Stripe's pages (100 each, `starting_after` while
+/// `has_more`) and, with `day`, asks only for the PaymentIntents made from
+/// a week before that day to its end: what a capture on that day can
+/// belong to, however long the account's history.
+#[tokio::test]
+async fn p1_t26_the_payment_intent_list_reads_every_page_and_only_the_days_window() {
+    let e = env(1).await;
+    let day = |d: u32| std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_772_712_000 + u64::from(d) * 86_400);
+    let now = Arc::new(Mutex::new(day(0))); // 2026-03-05T12:00:00Z
+    let read = now.clone();
+    e.fakes.set_clock(move || *read.lock().unwrap());
+    for i in 0..3 {
+        e.authorize(&key(2000 + i), 100).await;
+    }
+    *now.lock().unwrap() = day(9); // 2026-03-14
+    for i in 0..205 {
+        e.authorize(&key(3000 + i), 100).await;
+    }
+    let list = |input: Value| e.call("stripe.payment_intent.list", None, input);
+    let before = e.fakes.stripe.requests_for("/v1/payment_intents").len();
+    let all = list(json!({})).await.unwrap();
+    let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|pi| pi["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 208);
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 208, "no intent twice");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    assert_eq!(all["has_more"], false);
+    let pages = e.fakes.stripe.requests_for("/v1/payment_intents").len() - before;
+    assert_eq!(pages, 3, "100 + 100 + 8");
+    // The 14th's window is the 7th to the 14th: the three intents of the 5th are out.
+    let window = list(json!({"day": "2026-03-14"})).await.unwrap();
+    assert_eq!(window["data"].as_array().unwrap().len(), 205);
+    let first_day = list(json!({"day": "2026-03-05"})).await.unwrap();
+    assert_eq!(first_day["data"].as_array().unwrap().len(), 3);
+    assert!(list(json!({"day": "2026-03-23"})).await.unwrap()["data"].as_array().unwrap().is_empty());
+    let bad = list(json!({"day": "14/03/2026"})).await.unwrap_err();
+    assert_eq!(bad.code(), ErrorCode::InvalidInput);
+}
+
 /// The fake's ids (objects and `Request-Id`s) are kept in traces as they
 /// are, like real Stripe's random base62 ids: a counter id with 13 or more
 /// digits passed Luhn about one time in ten, and the redaction scanner then

@@ -250,3 +250,25 @@ both!(
     p1_t13_unreceipted_effect_is_not_completed_and_the_tool_is_blocked,
     unreceipted_effect_is_not_completed_and_the_tool_is_blocked
 );
+
+/// The daily closeout's read: one tool's receipts written since a time, each
+/// with its stored result, in one query; older receipts and other tenants'
+/// are not read.
+async fn receipt_results_since_reads_the_window_with_results(db: TestDatabase) {
+    let clock = Arc::new(ManualClock::new(start()));
+    let store = common::migrated(&db, clock.clone()).await;
+    let old = effect(&store, &json!({"charge": "ch_1", "amount": 1999}), "exec-1").await.unwrap();
+    clock.advance(chrono::Duration::days(8));
+    let new = effect(&store, &json!({"charge": "ch_2", "amount": 1999}), "exec-2").await.unwrap();
+    let tool = "stripe.refund.create";
+    let since = start() + chrono::Duration::days(1);
+    let window = store.receipt_results_since(&ctx("acme"), tool, since).await.unwrap();
+    assert_eq!(window, vec![(new.clone(), Some(json!({"id": "re_1", "status": "succeeded"})))]);
+    let all = store.receipt_results_since(&ctx("acme"), tool, start()).await.unwrap();
+    assert_eq!(all.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), vec![old, new]);
+    assert!(
+        store.receipt_results_since(&ctx("acme"), "stripe.payment_intent.capture", start()).await.unwrap().is_empty()
+    );
+    assert!(store.receipt_results_since(&ctx("globex"), tool, start()).await.unwrap().is_empty(), "per tenant");
+}
+both!(p1_t26_receipt_results_since_reads_the_window_with_results, receipt_results_since_reads_the_window_with_results);

@@ -144,6 +144,10 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
         .map_err(err("open store"))?;
 
     let fakes = Arc::new(Fakes::start().await);
+    // The providers stamp their objects on the scenario's clock (the daily
+    // closeout lists the PaymentIntents made around the event's day).
+    let provider_clock = clock.clone();
+    fakes.set_clock(move || std::time::SystemTime::from(provider_clock.now()));
     setup(&fakes, &scenario.setup).await?;
     let after_setup = [
         fakes.stripe.requests().len(),

@@ -208,10 +208,7 @@ impl ServeDriver {
             let c = dyn_clock.clone();
             move || std::time::SystemTime::from(c.now())
         };
-        fakes.stripe.set_clock(provider_clock());
-        fakes.shopify.set_clock(provider_clock());
-        fakes.printful.set_clock(provider_clock());
-        fakes.sendgrid.set_clock(provider_clock());
+        fakes.set_clock(provider_clock());
         llm.set_clock(provider_clock());
 
         // The secrets file is the soak's own, written afresh at each start.
@@ -850,10 +847,7 @@ mod tests {
             let c = c.clone();
             move || *c.lock().unwrap()
         };
-        fakes.stripe.set_clock(read(clock));
-        fakes.shopify.set_clock(read(clock));
-        fakes.printful.set_clock(read(clock));
-        fakes.sendgrid.set_clock(read(clock));
+        fakes.set_clock(read(clock));
         llm.set_clock(read(clock));
         (fakes, llm)
     }

@@ -25,6 +25,7 @@ mod printful;
 mod sendgrid;
 mod shopify;
 mod stripe;
+pub use stripe::CAPTURE_WINDOW_DAYS;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

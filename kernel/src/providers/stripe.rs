@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{
     Auth, Body, FailKind, Failure, Providers, Raw, Request, RetryRule, endpoint, field, int_field, with_request_id,
 };
-use crate::error::{ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::executor::CallContext;
 
 const PROVIDER: &str = "stripe";
@@ -192,25 +192,75 @@ pub(super) async fn refund(p: &Providers, call: &CallContext, input: &Value) -> 
     Ok((v, attempts))
 }
 
-/// `stripe.payment_intent.list`: `GET /v1/payment_intents` (what daily
-/// reconciliation compares the receipts with). A read: retried freely. The
-/// answer is Stripe's list object, `data` the PaymentIntents.
-pub(super) async fn list(p: &Providers, call: &CallContext, _input: &Value) -> Result<(Value, u64)> {
+/// How long before a capture its PaymentIntent can have been made: Stripe
+/// cancels an uncaptured card authorization after 7 days.
+pub const CAPTURE_WINDOW_DAYS: i64 = 7;
+
+/// `stripe.payment_intent.list`: `GET /v1/payment_intents`, every page (100
+/// a page, `starting_after` the last id while `has_more`), what daily
+/// reconciliation compares the receipts with. With `day` (`YYYY-MM-DD`,
+/// UTC) only the PaymentIntents made from [`CAPTURE_WINDOW_DAYS`] before
+/// that day to its end (`created[gte]`, `created[lt]`): every one a capture
+/// on that day can belong to, and no more however long the account's
+/// history. A read: retried freely. The answer is one Stripe list object
+/// whose `data` holds the pages' PaymentIntents, newest first.
+pub(super) async fn list(p: &Providers, call: &CallContext, input: &Value) -> Result<(Value, u64)> {
     let what = "stripe.payment_intent.list";
-    let req = Request {
-        provider: PROVIDER,
-        what,
-        method: reqwest::Method::GET,
-        url: endpoint(&p.endpoints.stripe, "/v1/payment_intents?limit=100")?,
-        headers: Vec::new(),
-        body: Body::None,
-        retry: RetryRule::Always,
-    };
-    p.send(call, super::STRIPE_SECRET, Auth::Bearer, req, |raw| {
-        let v = interpret(what, raw)?;
-        if v.get("data").is_some_and(Value::is_array) { Ok(v) } else { Err(Failure::bad_response(what, raw)) }
-    })
-    .await
+    let mut base = endpoint(&p.endpoints.stripe, "/v1/payment_intents")?;
+    base.query_pairs_mut().append_pair("limit", "100");
+    if let Some(day) = optional_str(input, "day") {
+        let start = crate::closeout::day_start(day, what)?;
+        let from = start - chrono::Duration::days(CAPTURE_WINDOW_DAYS);
+        let to = start + chrono::Duration::days(1);
+        base.query_pairs_mut()
+            .append_pair("created[gte]", &from.timestamp().to_string())
+            .append_pair("created[lt]", &to.timestamp().to_string());
+    }
+    let (mut data, mut attempts, mut after): (Vec<Value>, u64, Option<String>) = (Vec::new(), 0, None);
+    loop {
+        let mut url = base.clone();
+        if let Some(id) = &after {
+            url.query_pairs_mut().append_pair("starting_after", id);
+        }
+        let req = Request {
+            provider: PROVIDER,
+            what,
+            method: reqwest::Method::GET,
+            url,
+            headers: Vec::new(),
+            body: Body::None,
+            retry: RetryRule::Always,
+        };
+        let (page, tries) = p
+            .send(call, super::STRIPE_SECRET, Auth::Bearer, req, |raw| {
+                let v = interpret(what, raw)?;
+                if v.get("data").is_some_and(Value::is_array) { Ok(v) } else { Err(Failure::bad_response(what, raw)) }
+            })
+            .await?;
+        attempts += tries;
+        let items = page["data"].as_array().cloned().unwrap_or_default();
+        let last = items.last().and_then(|pi| pi["id"].as_str()).map(str::to_owned);
+        data.extend(items);
+        if page["has_more"] != Value::Bool(true) {
+            break;
+        }
+        // A provider that says "more" but gives no new last id would page
+        // forever: refuse the answer rather than loop.
+        match last {
+            Some(id) if after.as_deref() != Some(id.as_str()) => after = Some(id),
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::ProviderBadResponse,
+                    format!(
+                        "{what}: `has_more` without a next page (after {})",
+                        after.as_deref().unwrap_or("the first page")
+                    ),
+                ));
+            }
+        }
+    }
+    let url = "/v1/payment_intents";
+    Ok((serde_json::json!({ "object": "list", "url": url, "has_more": false, "data": data }), attempts))
 }
 
 /// `stripe.tax.calculate`: `POST /v1/tax/calculations` for line items

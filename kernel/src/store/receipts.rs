@@ -154,6 +154,41 @@ impl Store {
         self.select_receipts(ctx, "tool", tool).await
     }
 
+    /// The receipts of one tool written at or after `since`, in the order
+    /// they were written, each with the result stored with its effect (as
+    /// [`Store::receipt_result`]), in one query: what the daily closeout
+    /// compares with the provider's records of the days concerned. Served
+    /// by the `(tenant_id, tool, created_at)` index (migration 0009), so its
+    /// cost follows the rows returned, not the tool's whole history.
+    pub async fn receipt_results_since(
+        &self,
+        ctx: &TenantContext,
+        tool: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(Receipt, Option<Value>)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            receipt: ReceiptRow,
+            response: Option<sqlx::types::Json<Value>>,
+        }
+        let sql = format!(
+            "SELECT {RECEIPT_COLUMNS}, (SELECT k.response FROM idempotency_keys k \
+             WHERE k.tenant_id = receipts.tenant_id AND k.internal_key = receipts.internal_key) AS response \
+             FROM receipts WHERE tenant_id = $1 AND tool = $2 AND created_at >= $3 ORDER BY id"
+        );
+        let mut tx = self.begin(ctx).await?;
+        let rows: Vec<Row> = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(ctx.tenant().as_str())
+            .bind(tool)
+            .bind(since)
+            .fetch_all(&mut *c)
+            .await)
+        .map_err(|e| errors::map(e, "read receipts"))?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| (Receipt::from(r.receipt), r.response.map(|j| j.0))).collect())
+    }
+
     /// The result stored with a receipt's effect (the provider's answer),
     /// `None` when its key holds none.
     pub async fn receipt_result(&self, ctx: &TenantContext, receipt: &Receipt) -> Result<Option<Value>> {
