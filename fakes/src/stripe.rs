@@ -691,4 +691,38 @@ mod tests {
         assert_eq!(fake.requests().len(), 1);
         assert_eq!(fake.payment_intents().len(), 2, "the provider's state is kept");
     }
+
+    /// Stripe's list: newest first, pages of `limit` with `has_more` and
+    /// `starting_after`, `created` filters; a bad `limit` or an unknown
+    /// cursor is a 400 or 404 as at Stripe.
+    #[tokio::test]
+    async fn payment_intent_list_pages_newest_first_and_filters_on_created() {
+        let (fake, clock) = fake_on_clock().await;
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            create(&fake, key, 100 + i as u32).await;
+            advance(&clock, Duration::from_secs(60));
+        }
+        let get = |query: &str| {
+            let url = format!("{}/v1/payment_intents?{query}", fake.uri());
+            async move {
+                let r = reqwest::Client::new().get(url).bearer_auth("sk_test_fake").send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            }
+        };
+        let ids = |v: &Value| v["data"].as_array().unwrap().iter().map(|p| p["id"].clone()).collect::<Vec<_>>();
+        let (status, first) = get("limit=2").await;
+        assert_eq!((status, first["has_more"].clone()), (200, json!(true)));
+        assert_eq!(ids(&first), [json!("pi_fake0000000003"), json!("pi_fake0000000002")]);
+        let (_, rest) = get("limit=2&starting_after=pi_fake0000000002").await;
+        assert_eq!((ids(&rest), rest["has_more"].clone()), (vec![json!("pi_fake0000000001")], json!(false)));
+        let created = first["data"][1]["created"].as_i64().unwrap();
+        let (_, since) = get(&format!("created%5Bgte%5D={created}")).await;
+        assert_eq!(ids(&since), [json!("pi_fake0000000003"), json!("pi_fake0000000002")]);
+        let (_, before) = get(&format!("created%5Blt%5D={created}")).await;
+        assert_eq!(ids(&before), [json!("pi_fake0000000001")]);
+        assert_eq!(get("limit=0").await.0, 400);
+        assert_eq!(get("limit=101").await.0, 400);
+        assert_eq!(get("created%5Bgte%5D=soon").await.0, 400);
+        assert_eq!(get("starting_after=pi_nope").await.0, 404);
+    }
 }
