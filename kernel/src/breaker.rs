@@ -445,21 +445,28 @@ impl Breakers {
         if let Some(found) = self.store.breaker(ctx, name).await? {
             return Ok(found);
         }
-        let mut tx = self.store.begin(ctx).await?;
-        on_tx!(tx, c => sqlx::query(
+        // First use: one statement that creates the breaker and returns it
+        // (autocommit on SQLite), not a transaction and a second read. When
+        // another caller created it first, the insert does nothing and
+        // returns no row: read theirs.
+        let sql = format!(
             "INSERT INTO circuit_breakers (tenant_id, name, state, version, failures, probes_in_flight, created_at, updated_at)
-             VALUES ($1, $2, 'CLOSED', 0, $3, 0, $4, $4) ON CONFLICT (tenant_id, name) DO NOTHING",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(name)
-        .bind(Json(Vec::<DateTime<Utc>>::new()))
-        .bind(now)
-        .execute(&mut *c)
-        .await
-        .map(|_| ()))
+             VALUES ($1, $2, 'CLOSED', 0, $3, 0, $4, $4) ON CONFLICT (tenant_id, name) DO NOTHING RETURNING {COLUMNS}"
+        );
+        let mut tx = self.store.begin_single(ctx).await?;
+        let created: Option<Row> = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(ctx.tenant().as_str())
+            .bind(name)
+            .bind(Json(Vec::<DateTime<Utc>>::new()))
+            .bind(now)
+            .fetch_optional(&mut *c)
+            .await)
         .map_err(|e| map_error(e, "create a circuit breaker"))?;
         tx.commit().await?;
-        self.store.breaker(ctx, name).await?.ok_or_else(|| contended(name))
+        match created {
+            Some(row) => from_row(row),
+            None => self.store.breaker(ctx, name).await?.ok_or_else(|| contended(name)),
+        }
     }
 
     async fn cas(

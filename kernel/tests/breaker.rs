@@ -231,3 +231,21 @@ async fn every_transition_is_covered_and_counted(db: TestDatabase) {
     assert_eq!(b.metrics().transition_total(), 12);
 }
 both!(p1_task_26_every_transition_is_covered_and_counted, every_transition_is_covered_and_counted);
+
+/// A breaker's first use creates it with one statement that returns the new
+/// row; two processes using it first at once both get it, and it exists once.
+async fn first_use_creates_the_breaker_once_under_a_race(db: TestDatabase) {
+    let store = migrated(&db).await;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let (a, b) = (process(&db, &clock, 1).await, process(&db, &clock, 1).await);
+    let acme = ctx("acme");
+    let (x, y) = tokio::join!(a.acquire(&acme, "printful"), b.acquire(&acme, "printful"));
+    for permit in [x.unwrap(), y.unwrap()] {
+        assert!(!permit.is_probe());
+        permit.success().await.unwrap();
+    }
+    let record = store.breaker(&acme, "printful").await.unwrap().unwrap();
+    assert_eq!(record.state, BreakerState::Closed);
+    assert!(store.breaker(&ctx("globex"), "printful").await.unwrap().is_none(), "per tenant");
+}
+both!(p1_task_26_first_use_creates_the_breaker_once_under_a_race, first_use_creates_the_breaker_once_under_a_race);
