@@ -86,6 +86,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and `cargo test --benches` probes
     }
+    // `AUTOBIZ_LOG=sqlx::query=debug` logs each statement with its time, as
+    // the CLI does (quiet otherwise).
+    autobiz::report::init_logging(0, true);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut files = golden::load_dir(&root.join("golden/scenarios")).expect("scenarios load");
     // `AUTOBIZ_GOLDEN_FILTER=WF01/happy`: only the scenarios whose name holds it.
