@@ -242,15 +242,13 @@ impl Reconciler {
     async fn stripe(&self, calls: &mut Calls<'_>, report: &mut ReconcileReport) -> Result<Vec<Drift>> {
         let ctx = calls.ctx;
         let mut captures = Vec::new();
-        for r in self.store.receipts_for_tool(ctx, closeout::CAPTURE_TOOL).await? {
-            let result = self.store.receipt_result(ctx, &r).await?;
+        for (r, result) in self.store.receipt_results(ctx, closeout::CAPTURE_TOOL).await? {
             let pi = result.as_ref().and_then(|v| v["id"].as_str()).map(str::to_owned).unwrap_or_default();
             captures.push((pi, r.amount_minor));
         }
         let mut refunds: BTreeMap<String, i64> = BTreeMap::new();
-        let refund_receipts = self.store.receipts_for_tool(ctx, REFUND_TOOL).await?;
-        for r in &refund_receipts {
-            let result = self.store.receipt_result(ctx, r).await?;
+        let refund_receipts = self.store.receipt_results(ctx, REFUND_TOOL).await?;
+        for (r, result) in &refund_receipts {
             if let Some(pi) = result.as_ref().and_then(|v| v["payment_intent"].as_str()) {
                 *refunds.entry(pi.to_owned()).or_default() += r.amount_minor.unwrap_or(0);
             }
@@ -293,18 +291,18 @@ impl Reconciler {
         let ctx = calls.ctx;
         // The last tags the workflows set, per order.
         let mut tagged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let updates = self.store.receipts_for_tool(ctx, SHOPIFY_UPDATE).await?;
-        for r in &updates {
-            if let Some(order) = self.store.receipt_result(ctx, r).await?
-                && let Some(id) = order_id(&order)
+        let updates = self.store.receipt_results(ctx, SHOPIFY_UPDATE).await?;
+        for (_, result) in &updates {
+            if let Some(order) = result
+                && let Some(id) = order_id(order)
             {
                 tagged.insert(id, split_tags(&order["tags"]));
             }
         }
         let mut cancelled = Vec::new();
-        let cancels = self.store.receipts_for_tool(ctx, SHOPIFY_CANCEL).await?;
-        for r in &cancels {
-            if let Some(id) = self.store.receipt_result(ctx, r).await?.as_ref().and_then(order_id) {
+        let cancels = self.store.receipt_results(ctx, SHOPIFY_CANCEL).await?;
+        for (_, result) in &cancels {
+            if let Some(id) = result.as_ref().and_then(order_id) {
                 cancelled.push(id);
             }
         }
@@ -350,9 +348,9 @@ impl Reconciler {
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         let mut n = 0u64;
         for tool in PRINTFUL_TOOLS {
-            for r in self.store.receipts_for_tool(ctx, tool).await? {
+            for (_, result) in self.store.receipt_results(ctx, tool).await? {
                 n += 1;
-                if let Some(order) = self.store.receipt_result(ctx, &r).await?
+                if let Some(order) = result
                     && let (Some(ext), Some(st)) = (order["external_id"].as_str(), order["status"].as_str())
                 {
                     seen.insert(ext.to_owned(), st.to_owned());

@@ -154,6 +154,12 @@ impl Store {
         self.select_receipts(ctx, "tool", tool).await
     }
 
+    /// Every receipt of one tool with its stored result, in one query (what
+    /// `autobiz reconcile` compares with the providers' records).
+    pub async fn receipt_results(&self, ctx: &TenantContext, tool: &str) -> Result<Vec<(Receipt, Option<Value>)>> {
+        self.receipt_results_since(ctx, tool, DateTime::UNIX_EPOCH).await
+    }
+
     /// The receipts of one tool written at or after `since`, in the order
     /// they were written, each with the result stored with its effect (as
     /// [`Store::receipt_result`]), in one query: what the daily closeout
