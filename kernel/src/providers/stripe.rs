@@ -196,6 +196,10 @@ pub(super) async fn refund(p: &Providers, call: &CallContext, input: &Value) -> 
 /// cancels an uncaptured card authorization after 7 days.
 pub const CAPTURE_WINDOW_DAYS: i64 = 7;
 
+/// The most pages one list follows (a million PaymentIntents): a provider
+/// that kept answering `has_more` with new ids must not page forever.
+const MAX_LIST_PAGES: u32 = 10_000;
+
 /// `stripe.payment_intent.list`: `GET /v1/payment_intents`, every page (100
 /// a page, `starting_after` the last id while `has_more`), what daily
 /// reconciliation compares the receipts with. With `day` (`YYYY-MM-DD`,
@@ -217,7 +221,14 @@ pub(super) async fn list(p: &Providers, call: &CallContext, input: &Value) -> Re
             .append_pair("created[lt]", &to.timestamp().to_string());
     }
     let (mut data, mut attempts, mut after): (Vec<Value>, u64, Option<String>) = (Vec::new(), 0, None);
-    loop {
+    let mut request_id = Value::Null;
+    for page_number in 1.. {
+        if page_number > MAX_LIST_PAGES {
+            return Err(Error::new(
+                ErrorCode::ProviderBadResponse,
+                format!("{what}: more than {MAX_LIST_PAGES} pages of 100; narrow the list with `day`"),
+            ));
+        }
         let mut url = base.clone();
         if let Some(id) = &after {
             url.query_pairs_mut().append_pair("starting_after", id);
@@ -238,6 +249,7 @@ pub(super) async fn list(p: &Providers, call: &CallContext, input: &Value) -> Re
             })
             .await?;
         attempts += tries;
+        request_id = page.get("request_id").cloned().unwrap_or(request_id);
         let items = page["data"].as_array().cloned().unwrap_or_default();
         let last = items.last().and_then(|pi| pi["id"].as_str()).map(str::to_owned);
         data.extend(items);
@@ -259,8 +271,12 @@ pub(super) async fn list(p: &Providers, call: &CallContext, input: &Value) -> Re
             }
         }
     }
-    let url = "/v1/payment_intents";
-    Ok((serde_json::json!({ "object": "list", "url": url, "has_more": false, "data": data }), attempts))
+    let mut list =
+        serde_json::json!({ "object": "list", "url": "/v1/payment_intents", "has_more": false, "data": data });
+    if !request_id.is_null() {
+        list["request_id"] = request_id; // the last page's, as a single answer carries its own
+    }
+    Ok((list, attempts))
 }
 
 /// `stripe.tax.calculate`: `POST /v1/tax/calculations` for line items
