@@ -161,8 +161,8 @@ impl Store {
     }
 
     /// The receipts of one tool written at or after `since`, in the order
-    /// they were written, each with the result stored with its effect (as
-    /// [`Store::receipt_result`]), in one query: what the daily closeout
+    /// they were written, each with the result stored with its effect (the
+    /// provider's answer, `None` when its key holds none), in one query: what the daily closeout
     /// compares with the provider's records of the days concerned. Served
     /// by the `(tenant_id, tool, created_at)` index (migration 0009), so its
     /// cost follows the rows returned, not the tool's whole history.
@@ -193,22 +193,6 @@ impl Store {
         .map_err(|e| errors::map(e, "read receipts"))?;
         tx.commit().await?;
         Ok(rows.into_iter().map(|r| (Receipt::from(r.receipt), r.response.map(|j| j.0))).collect())
-    }
-
-    /// The result stored with a receipt's effect (the provider's answer),
-    /// `None` when its key holds none.
-    pub async fn receipt_result(&self, ctx: &TenantContext, receipt: &Receipt) -> Result<Option<Value>> {
-        let mut tx = self.begin(ctx).await?;
-        let row: Option<(Option<sqlx::types::Json<Value>>,)> = on_tx!(tx, c => sqlx::query_as(
-            "SELECT response FROM idempotency_keys WHERE tenant_id = $1 AND internal_key = $2",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(&receipt.internal_key)
-        .fetch_optional(&mut *c)
-        .await)
-        .map_err(|e| errors::map(e, "read a receipt's result"))?;
-        tx.commit().await?;
-        Ok(row.and_then(|(r,)| r.map(|j| j.0)))
     }
 
     async fn select_receipts(&self, ctx: &TenantContext, column: &'static str, value: &str) -> Result<Vec<Receipt>> {
