@@ -179,10 +179,13 @@ impl StripeState {
                 error(400, "invalid_request_error", Some("parameter_invalid_integer"), &format!("Invalid integer: {v}"))
             }),
         };
-        let bounds = (int("limit"), int("created[gte]"), int("created[gt]"), int("created[lte]"), int("created[lt]"));
-        let (limit, gte, gt, lte, lt) = match bounds {
-            (Ok(l), Ok(a), Ok(b), Ok(c), Ok(d)) => (l.unwrap_or(10), a, b, c, d),
-            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => return e,
+        let params = || -> Result<_, Reply> {
+            let limit = int("limit")?.unwrap_or(10);
+            Ok((limit, int("created[gte]")?, int("created[gt]")?, int("created[lte]")?, int("created[lt]")?))
+        };
+        let (limit, gte, gt, lte, lt) = match params() {
+            Ok(p) => p,
+            Err(reply) => return reply,
         };
         if !(1..=100).contains(&limit) {
             return error(
