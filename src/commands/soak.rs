@@ -131,8 +131,8 @@ pub async fn run(global: &GlobalArgs, args: SoakArgs, reporter: &Reporter) -> Re
     // A resumed virtual soak's clock starts after the last counted delivery
     // and past the leases and holds the killed process left (the store's
     // time never runs backwards).
-    let clock_start = match (soak_config.clock, checkpoint.records().last()) {
-        (crate::soak::ClockMode::Virtual, Some(last)) => last.at + chrono::Duration::minutes(5),
+    let clock_start = match (soak_config.clock, checkpoint.last_at()) {
+        (crate::soak::ClockMode::Virtual, Some(last)) => last + chrono::Duration::minutes(5),
         _ => soak_config.start,
     };
     let mut driver = ServeDriver::start(DriverOptions {

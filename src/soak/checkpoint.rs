@@ -6,13 +6,13 @@
 //! kill mid-write) is cut off on open: that delivery is re-delivered, and
 //! the ingress's dedup makes the second delivery a no-op.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{SoakConfig, Violation};
+use super::{SoakConfig, Totals, Violation};
 use crate::report::CliError;
 
 pub const FILE: &str = "progress.jsonl";
@@ -42,10 +42,12 @@ pub struct Checkpoint {
     path: PathBuf,
     file: std::fs::File,
     started_at: DateTime<Utc>,
-    /// The deliveries the file held when opened (a resumed soak replays
-    /// them into its gate and tallies, then drops them: a long soak does
-    /// not keep one record per delivery in memory).
-    records: Vec<Record>,
+    /// What the deliveries the file held when opened add up to: each
+    /// record is read, counted and dropped, so a long soak does not keep
+    /// one record per delivery in memory, on a resume either.
+    totals: Totals,
+    /// When the last delivery counted at open ran.
+    last_at: Option<DateTime<Utc>>,
     /// Deliveries recorded in all, those read at open included.
     count: u64,
     resumes: u32,
@@ -76,56 +78,66 @@ impl Checkpoint {
     pub fn open(dir: &Path, config: &SoakConfig) -> Result<Checkpoint, CliError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let path = dir.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io(&path, e)),
-        };
-        // Keep whole lines only.
-        let whole = match text.rfind('\n') {
-            Some(i) => &text[..=i],
-            None => "",
-        };
-        if whole.len() != text.len() {
-            let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
-            f.set_len(whole.len() as u64).map_err(|e| io(&path, e))?;
-        }
         let mut started_at = None;
-        let mut records = Vec::new();
+        let mut totals = Totals::new(config);
         let mut resumes = 0;
-        for (n, line) in whole.lines().enumerate() {
-            let parsed: Line = serde_json::from_str(line).map_err(|e| {
-                CliError::input("SOAK_CHECKPOINT_CORRUPT", format!("{} line {}: {e}", path.display(), n + 1))
-            })?;
-            match parsed {
-                Line::Start { config: recorded, started_at: at } => {
-                    if &recorded != config {
-                        return Err(CliError::input(
-                            "SOAK_CONFIG_CHANGED",
-                            format!(
-                                "{} belongs to a soak with other parameters (days, events, seed, clock, mix, gate): resume it with the same, or use another --dir",
-                                dir.display()
-                            ),
-                        ));
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                // A line at a time; a last line without its newline (a kill
+                // mid-write) is cut off.
+                let mut reader = std::io::BufReader::new(f);
+                let mut line = String::new();
+                let (mut whole, mut n) = (0u64, 0usize);
+                loop {
+                    line.clear();
+                    let read = reader.read_line(&mut line).map_err(|e| io(&path, e))?;
+                    if read == 0 || !line.ends_with('\n') {
+                        break;
                     }
-                    started_at = Some(at);
+                    n += 1;
+                    whole += read as u64;
+                    let parsed: Line = serde_json::from_str(&line).map_err(|e| {
+                        CliError::input("SOAK_CHECKPOINT_CORRUPT", format!("{} line {n}: {e}", path.display()))
+                    })?;
+                    match parsed {
+                        Line::Start { config: recorded, started_at: at } => {
+                            if &recorded != config {
+                                return Err(CliError::input(
+                                    "SOAK_CONFIG_CHANGED",
+                                    format!(
+                                        "{} belongs to a soak with other parameters (days, events, seed, clock, mix, gate): resume it with the same, or use another --dir",
+                                        dir.display()
+                                    ),
+                                ));
+                            }
+                            started_at = Some(at);
+                        }
+                        Line::Resume { .. } => resumes += 1,
+                        Line::Delivery(r) => {
+                            if r.seq != totals.count {
+                                return Err(CliError::input(
+                                    "SOAK_CHECKPOINT_CORRUPT",
+                                    format!("{} line {n}: delivery {} out of sequence", path.display(), r.seq),
+                                ));
+                            }
+                            totals.add(r);
+                        }
+                    }
                 }
-                Line::Resume { .. } => resumes += 1,
-                Line::Delivery(r) => {
-                    if r.seq != records.len() as u64 {
-                        return Err(CliError::input(
-                            "SOAK_CHECKPOINT_CORRUPT",
-                            format!("{} line {}: delivery {} out of sequence", path.display(), n + 1, r.seq),
-                        ));
-                    }
-                    records.push(r);
+                let len = reader.get_ref().metadata().map_err(|e| io(&path, e))?.len();
+                if whole != len {
+                    let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| io(&path, e))?;
+                    f.set_len(whole).map_err(|e| io(&path, e))?;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, e)),
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io(&path, e))?;
-        let count = records.len() as u64;
+        let count = totals.count;
+        let last_at = totals.last_at;
         let mut cp =
-            Checkpoint { path, file, started_at: started_at.unwrap_or_else(Utc::now), records, count, resumes };
+            Checkpoint { path, file, started_at: started_at.unwrap_or_else(Utc::now), totals, last_at, count, resumes };
         if started_at.is_none() {
             cp.write(&Line::Start { config: config.clone(), started_at: cp.started_at })?;
         } else {
@@ -149,14 +161,16 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The deliveries recorded before this open (until [`Checkpoint::take_records`]).
-    pub fn records(&self) -> &[Record] {
-        &self.records
+    /// When the last delivery recorded before this open ran.
+    pub fn last_at(&self) -> Option<DateTime<Utc>> {
+        self.last_at
     }
 
-    /// The deliveries recorded before this open, handed over once.
-    pub fn take_records(&mut self) -> Vec<Record> {
-        std::mem::take(&mut self.records)
+    /// What the deliveries recorded before this open add up to, handed
+    /// over once (then fresh totals of the same gate, counting none).
+    pub fn take_totals(&mut self) -> Totals {
+        let fresh = self.totals.fresh();
+        std::mem::replace(&mut self.totals, fresh)
     }
 
     /// How many deliveries are recorded, those before this open included.

@@ -226,6 +226,49 @@ pub trait Progress {
     fn delivered(&self, done: u64, gate: GateNow, violations: &[Violation]);
 }
 
+/// What the deliveries counted so far add up to: the rolling gate, the
+/// tallies, the violations found and the last delivery's time. A resumed
+/// soak folds its checkpoint's records into it one at a time (see
+/// [`Checkpoint::open`]), so neither the records nor the plan are held in
+/// memory, however long the soak.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    pub gate: RollingGate,
+    pub tallies: BTreeMap<String, WorkflowTally>,
+    pub violations: Vec<Violation>,
+    pub last_at: Option<DateTime<Utc>>,
+    /// Deliveries counted.
+    pub count: u64,
+}
+
+impl Totals {
+    pub fn new(config: &SoakConfig) -> Totals {
+        Totals::of_gate(RollingGate::new(config.window, config.warmup, config.confidence))
+    }
+
+    /// Totals of the same gate that count nothing yet.
+    pub fn fresh(&self) -> Totals {
+        let g = &self.gate;
+        Totals::of_gate(RollingGate::new(g.window, g.warmup, g.confidence))
+    }
+
+    fn of_gate(gate: RollingGate) -> Totals {
+        Totals { gate, tallies: BTreeMap::new(), violations: Vec::new(), last_at: None, count: 0 }
+    }
+
+    /// Count one delivery whose run ended; the rolling lower bound after it.
+    pub fn add(&mut self, record: Record) -> Option<f64> {
+        let lcb = self.gate.push(record.success);
+        let t = self.tallies.entry(record.workflow).or_default();
+        t.runs += 1;
+        t.completed += u64::from(record.success);
+        self.violations.extend(record.violations);
+        self.last_at = Some(record.at);
+        self.count += 1;
+        lcb
+    }
+}
+
 /// Run (or resume) the soak: every planned delivery not yet in the
 /// checkpoint, in order, then a last invariant check. Each delivery is
 /// appended to the checkpoint once its run has ended, so a kill at any point
@@ -237,22 +280,12 @@ pub async fn run(
     checkpoint: &mut Checkpoint,
     progress: &dyn Progress,
 ) -> Result<SoakOutcome, CliError> {
-    let events = plan::plan(&config.mix, config.days, config.events_per_day, config.seed, config.start);
-    let mut gate = RollingGate::new(config.window, config.warmup, config.confidence);
-    let mut tallies: BTreeMap<String, WorkflowTally> = BTreeMap::new();
-    let mut violations: Vec<Violation> = Vec::new();
-    let mut last_at = None;
-    let done = checkpoint.len();
-    for record in checkpoint.take_records() {
-        gate.push(record.success);
-        let t = tallies.entry(record.workflow.clone()).or_default();
-        t.runs += 1;
-        t.completed += u64::from(record.success);
-        violations.extend(record.violations);
-        last_at = Some(record.at);
-    }
-    progress.started(events.len() as u64, done);
-    for event in events.iter().skip(done as usize) {
+    let events = plan::Plan::new(&config.mix, config.days, config.events_per_day, config.seed, config.start);
+    let planned = events.len();
+    let mut totals = checkpoint.take_totals();
+    let done = totals.count;
+    progress.started(planned, done);
+    for event in events.skip(done as usize) {
         let now = match config.clock {
             ClockMode::Virtual => event.at,
             ClockMode::Wall => {
@@ -263,39 +296,41 @@ pub async fn run(
                 Utc::now()
             }
         };
-        let outcome = driver.deliver(event, now).await?;
+        let outcome = driver.deliver(&event, now).await?;
         let mut found = Vec::new();
-        if (event.seq + 1).is_multiple_of(config.check_every.max(1)) || event.seq + 1 == events.len() as u64 {
+        if (event.seq + 1).is_multiple_of(config.check_every.max(1)) || event.seq + 1 == planned {
             for (invariant, detail) in driver.check_invariants().await? {
                 let v = Violation { invariant, detail, seq: event.seq };
-                if !violations.iter().any(|old| old.invariant == v.invariant && old.detail == v.detail) {
+                let seen = |old: &Violation| old.invariant == v.invariant && old.detail == v.detail;
+                if !totals.violations.iter().any(seen) && !found.iter().any(seen) {
                     found.push(v);
                 }
             }
         }
-        checkpoint.append(&Record {
+        let record = Record {
             seq: event.seq,
-            workflow: event.workflow.clone(),
+            workflow: event.workflow,
             at: now,
             success: outcome.success,
             status: outcome.status,
-            violations: found.clone(),
-        })?;
-        violations.extend(found);
-        let lcb = gate.push(outcome.success);
-        let t = tallies.entry(event.workflow.clone()).or_default();
-        t.runs += 1;
-        t.completed += u64::from(outcome.success);
-        last_at = Some(now);
-        progress.delivered(event.seq + 1, GateNow { lower_bound: lcb, pass_rate: gate.pass_rate() }, &violations);
+            violations: found,
+        };
+        checkpoint.append(&record)?;
+        let lcb = totals.add(record);
+        progress.delivered(
+            event.seq + 1,
+            GateNow { lower_bound: lcb, pass_rate: totals.gate.pass_rate() },
+            &totals.violations,
+        );
     }
+    let Totals { gate, mut tallies, violations, last_at, .. } = totals;
     for t in tallies.values_mut() {
         t.success_rate = if t.runs == 0 { 0.0 } else { t.completed as f64 / t.runs as f64 };
     }
     let covered = match (config.clock, last_at) {
         (ClockMode::Virtual, Some(last)) => {
             // The plan's days are covered once the last delivery of the last day ran.
-            let complete = checkpoint.len() == events.len() as u64;
+            let complete = checkpoint.len() == planned;
             if complete { f64::from(config.days) } else { (last - config.start).num_seconds() as f64 / 86_400.0 }
         }
         (ClockMode::Wall, Some(last)) => (last - checkpoint.started_at()).num_seconds() as f64 / 86_400.0,
@@ -325,7 +360,7 @@ pub async fn run(
         clock: config.clock,
         days: covered,
         events: checkpoint.len(),
-        planned_events: events.len() as u64,
+        planned_events: planned,
         threshold: config.threshold,
         confidence: config.confidence,
         window: config.window,

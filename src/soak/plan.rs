@@ -97,19 +97,68 @@ impl Mix {
 }
 
 /// The deliveries of `days` days from `start`, `per_day` a day (at least
-/// one per workflow of the mix), ordered by time.
+/// one per workflow of the mix), ordered by time: [`Plan`] collected (for
+/// tests and short soaks; a soak walks the plan a day at a time).
 pub fn plan(mix: &Mix, days: u32, per_day: u32, seed: u64, start: DateTime<Utc>) -> Vec<PlannedEvent> {
-    let mut rng = Pcg64::seed_from_u64(seed);
-    let total_weight: u32 = mix.weights.iter().map(|(_, w)| w).sum();
-    let drawn: Vec<&str> = mix.weights.iter().map(|(w, _)| w.as_str()).collect();
-    let per_day = per_day.max(mix.workflows().len() as u32);
-    let mut out = Vec::with_capacity((days * per_day) as usize);
-    for day in 0..days {
-        let day_start = start + Duration::days(i64::from(day));
+    Plan::new(mix, days, per_day, seed, start).collect()
+}
+
+/// A plan, drawn a day at a time: only one day's deliveries are in memory,
+/// however many days the soak has (a million-event soak does not hold a
+/// million planned deliveries). The same draws in the same order as ever,
+/// so a plan is a function of its seed whichever way it is walked.
+pub struct Plan<'m> {
+    mix: &'m Mix,
+    rng: Pcg64,
+    days: u32,
+    per_day: u32,
+    start: DateTime<Utc>,
+    day: u32,
+    seq: u64,
+    today: std::vec::IntoIter<PlannedEvent>,
+}
+
+impl<'m> Plan<'m> {
+    pub fn new(mix: &'m Mix, days: u32, per_day: u32, seed: u64, start: DateTime<Utc>) -> Plan<'m> {
+        Plan {
+            mix,
+            rng: Pcg64::seed_from_u64(seed),
+            days,
+            per_day: per_day.max(mix.workflows().len() as u32),
+            start,
+            day: 0,
+            seq: 0,
+            today: Vec::new().into_iter(),
+        }
+    }
+
+    /// How many deliveries the plan has in all (without drawing them).
+    pub fn len(&self) -> u64 {
+        u64::from(self.days) * self.of_a_day() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Deliveries a day: the drawn workflows (each once, then by weight, up
+    /// to the day's share), and the daily one.
+    fn of_a_day(&self) -> usize {
+        let daily = usize::from(self.mix.daily.is_some());
+        self.mix.weights.len().max(self.per_day as usize - daily) + daily
+    }
+
+    /// Draw day `self.day`'s deliveries.
+    fn draw_day(&mut self) -> Vec<PlannedEvent> {
+        let mix = self.mix;
+        let rng = &mut self.rng;
+        let total_weight: u32 = mix.weights.iter().map(|(_, w)| w).sum();
+        let drawn: Vec<&str> = mix.weights.iter().map(|(w, _)| w.as_str()).collect();
+        let day_start = self.start + Duration::days(i64::from(self.day));
         let daily = u32::from(mix.daily.is_some());
         // Every drawn workflow once, then by weight.
         let mut workflows: Vec<&str> = drawn.clone();
-        while (workflows.len() as u32) < per_day - daily {
+        while (workflows.len() as u32) < self.per_day - daily {
             let mut pick = rng.random_range(0..total_weight.max(1));
             let chosen = mix.weights.iter().find(|(_, w)| {
                 if pick < *w {
@@ -130,6 +179,7 @@ pub fn plan(mix: &Mix, days: u32, per_day: u32, seed: u64, start: DateTime<Utc>)
         if let Some(daily) = &mix.daily {
             day_events.push((23 * 3600 + 30 * 60, daily.as_str()));
         }
+        let mut out = Vec::with_capacity(day_events.len());
         for (secs, workflow) in day_events {
             let r: f64 = rng.random();
             let fault = if r < mix.provider_5xx {
@@ -151,17 +201,35 @@ pub fn plan(mix: &Mix, days: u32, per_day: u32, seed: u64, start: DateTime<Utc>)
             };
             let hitl_timeout = mix.hitl_workflows.iter().any(|w| w == workflow) && rng.random_bool(mix.hitl_timeout);
             out.push(PlannedEvent {
-                seq: out.len() as u64,
-                day,
+                seq: self.seq,
+                day: self.day,
                 at: day_start + Duration::seconds(secs),
                 workflow: workflow.to_owned(),
                 fault,
                 delivery,
                 hitl_timeout,
             });
+            self.seq += 1;
+        }
+        out
+    }
+}
+
+impl Iterator for Plan<'_> {
+    type Item = PlannedEvent;
+
+    fn next(&mut self) -> Option<PlannedEvent> {
+        loop {
+            if let Some(e) = self.today.next() {
+                return Some(e);
+            }
+            if self.day >= self.days {
+                return None;
+            }
+            self.today = self.draw_day().into_iter();
+            self.day += 1;
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -213,6 +281,22 @@ mod tests {
             *by_wf.entry(&e.workflow).or_default() += 1;
         }
         assert!(by_wf["WF01"] > by_wf["WF06"] * 3, "{by_wf:?}");
+    }
+
+    #[test]
+    fn p1_soak_a_plan_walked_a_day_at_a_time_has_the_length_it_announces() {
+        let mix = Mix::shop();
+        for (days, per_day) in [(3, 300), (2, 2), (1, 7), (0, 300), (5, 8)] {
+            let plan = Plan::new(&mix, days, per_day, 5, start());
+            let announced = plan.len();
+            let events: Vec<PlannedEvent> = plan.collect();
+            assert_eq!(events.len() as u64, announced, "{days} days of {per_day}");
+            assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+        }
+        // Skipping what a checkpoint counted yields the same deliveries.
+        let all = plan(&mix, 3, 300, 5, start());
+        let rest: Vec<PlannedEvent> = Plan::new(&mix, 3, 300, 5, start()).skip(450).collect();
+        assert_eq!(rest, all[450..]);
     }
 
     #[test]

@@ -127,6 +127,34 @@ async fn a_killed_soak_resumes_from_its_checkpoint_without_counting_twice() {
 }
 
 #[tokio::test]
+async fn a_resumed_soak_adds_up_to_what_an_unbroken_one_does() {
+    // The checkpoint is folded into the gate, tallies and violations line
+    // by line on open (nothing of it kept): the outcome must not depend on
+    // where the soak was killed.
+    let config = config(3, 300);
+    let script = || Scripted {
+        fail_every: Some(37),
+        violation_after: Some((500, Invariant::UntracedRun)),
+        ..Default::default()
+    };
+    let whole_dir = tempfile::tempdir().unwrap();
+    let whole = soak(&config, &mut script(), whole_dir.path()).await.unwrap();
+    for kill_at in [1, 499, 551, 899] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Scripted { die_at: Some(kill_at), ..script() };
+        soak(&config, &mut first, dir.path()).await.unwrap_err();
+        let out = soak(&config, &mut script(), dir.path()).await.unwrap();
+        assert_eq!(out.events, whole.events, "killed at {kill_at}");
+        assert_eq!(out.workflows, whole.workflows, "killed at {kill_at}");
+        assert_eq!(out.violations, whole.violations, "killed at {kill_at}");
+        assert_eq!((out.lower_bound, out.min_lower_bound), (whole.lower_bound, whole.min_lower_bound));
+        assert_eq!(out.verdict, whole.verdict);
+    }
+    assert_eq!(whole.violations.len(), 1, "{:?}", whole.violations);
+    assert!(whole.workflows.values().any(|w| w.completed < w.runs));
+}
+
+#[tokio::test]
 async fn a_torn_last_line_is_cut_and_that_delivery_made_again() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(1, 300);
