@@ -722,7 +722,9 @@ impl<'a> Engine<'a> {
     /// A version another process wrote first is `STATE_CONFLICT`, and the
     /// call's writes commit all the same: a side effect that happened keeps
     /// its receipt. If the transaction fails, the call's writes are made
-    /// apart ([`Executor::redo`]) and the state is written after them.
+    /// apart ([`Executor::redo`]) and the state is written after them. On
+    /// SQLite the transaction is batched (`store/batch.rs`): a version
+    /// taken first fails its commit, and the same redo reports the conflict.
     async fn persist_held(
         &self,
         spec: &RunSpec<'_>,

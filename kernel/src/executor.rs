@@ -824,7 +824,7 @@ impl Executor {
         if has_alerts(rec) {
             return false;
         }
-        let Ok(mut tx) = store.begin(&run.ctx).await else { return false };
+        let Ok(mut tx) = store.begin_batch(&run.ctx).await else { return false };
         if crate::trace::insert_trace(&mut tx, &run.ctx, rec).await.is_err() {
             return false;
         }

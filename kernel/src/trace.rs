@@ -150,9 +150,10 @@ impl TraceSink for Store {
 /// whatever else the transaction writes).
 pub(crate) async fn insert_trace(tx: &mut TenantTx, ctx: &TenantContext, record: &TraceRecord) -> Result<()> {
     let seq = i64::try_from(record.seq).map_err(|_| Error::new(ErrorCode::InvalidInput, "trace seq too large"))?;
-    crate::store::on_tx!(tx, c => sqlx::query(
+    tx.stmt(
         "INSERT INTO traces (tenant_id, run_id, correlation_id, seq, record, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        "write a trace record",
     )
     .bind(ctx.tenant().as_str())
     .bind(&record.run_id)
@@ -160,9 +161,9 @@ pub(crate) async fn insert_trace(tx: &mut TenantTx, ctx: &TenantContext, record:
     .bind(seq)
     .bind(Json(record))
     .bind(record.at)
-    .execute(&mut *c)
+    .run(crate::store::Guard::Any)
     .await
-    .map(|_| ()))
+    .map(|_| ())
     .map_err(|e| crate::store::map_error(e, "write a trace record"))
 }
 

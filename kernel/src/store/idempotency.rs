@@ -19,7 +19,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::records::insert_audit;
-use super::{Store, TenantTx, errors, on_tx};
+use super::{Guard, Ran, Store, TenantTx, errors, on_tx};
 use crate::error::{Error, ErrorCode, Result};
 use crate::idempotency::{Begin, Claim, IdempotencyKey, StoredResult};
 use crate::receipts::{NewReceipt, Receipt};
@@ -374,30 +374,37 @@ impl Store {
         }
         let now = self.now();
         let receipt_id = crate::receipts::receipt_id(ctx.tenant().as_str(), key.internal(), &claim.execution_id);
-        let mut tx = self.begin(ctx).await?;
-        let updated = on_tx!(tx, c => sqlx::query(
-            "UPDATE idempotency_keys SET status = 'completed', response = $3, receipt_id = $4, updated_at = $5
-              WHERE tenant_id = $1 AND internal_key = $2 AND execution_id = $6 AND status = 'in_progress'",
-        )
-        .bind(ctx.tenant().as_str())
-        .bind(key.internal())
-        .bind(Json(response))
-        .bind(&receipt_id)
-        .bind(now)
-        .bind(&claim.execution_id)
-        .execute(&mut *c)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| errors::map(e, "complete an idempotency claim"))?;
-        if updated != 1 {
-            return Err(Error::new(
+        let lost = || {
+            Error::new(
                 ErrorCode::IdempotencyClaimLost,
                 format!(
                     "execution {} no longer holds idempotency key {}: the result was not stored",
                     claim.execution_id,
                     key.external()
                 ),
-            ));
+            )
+        };
+        // Batched on SQLite: the claim's check is the commit's, and a lost
+        // claim writes nothing (the receipt and record queued after it
+        // included).
+        let mut tx = self.begin_batch(ctx).await?;
+        let updated = tx
+            .stmt(
+                "UPDATE idempotency_keys SET status = 'completed', response = $3, receipt_id = $4, updated_at = $5
+                  WHERE tenant_id = $1 AND internal_key = $2 AND execution_id = $6 AND status = 'in_progress'",
+                "complete an idempotency claim",
+            )
+            .bind(ctx.tenant().as_str())
+            .bind(key.internal())
+            .bind(Json(response))
+            .bind(&receipt_id)
+            .bind(now)
+            .bind(&claim.execution_id)
+            .run(Guard::One(lost()))
+            .await
+            .map_err(|e| errors::map(e, "complete an idempotency claim"))?;
+        if matches!(updated, Ran::Now(n) if n != 1) {
+            return Err(lost());
         }
         let stored = self.insert_receipt(&mut tx, ctx, key, &receipt_id, receipt, now).await?;
         if let Some(record) = trace {

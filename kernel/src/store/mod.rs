@@ -18,6 +18,7 @@
 //! A request for another tenant's entity is refused with `TENANT_FORBIDDEN`
 //! before any query runs, and the attempt is written to `security_events`.
 
+mod batch;
 mod drift;
 mod errors;
 mod events;
@@ -44,6 +45,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::idempotency::IdempotencyStats;
 use crate::tenant::TenantContext;
 
+pub(crate) use batch::{Guard, Ran};
 pub use crate::state::StateVersion;
 pub use drift::{NewAction, NewCase, ReconciliationAction};
 pub use errors::is_unique_violation;
@@ -230,6 +232,22 @@ impl Store {
         Ok(TenantTx { inner })
     }
 
+    /// A transaction bound to `ctx`'s tenant whose statements
+    /// ([`TenantTx::stmt`]) are sent together at its commit on SQLite: one
+    /// round trip to the driver's worker thread for all of them, one for
+    /// the COMMIT (see `store/batch.rs`). A queued statement's failure, or
+    /// its [`Guard`]'s, fails the commit and nothing is written. On
+    /// PostgreSQL a transaction as [`Store::begin`] makes. Only statements
+    /// made with [`TenantTx::stmt`] may run in it.
+    pub(crate) async fn begin_batch(&self, ctx: &TenantContext) -> Result<TenantTx> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                Ok(TenantTx { inner: TxInner::SqliteBatch(self.lease(p).await?, batch::Batch::default()) })
+            }
+            Pool::Postgres(_) => self.begin(ctx).await,
+        }
+    }
+
     /// A handle for statements that each stand alone (usually one) bound to
     /// `ctx`'s tenant: on SQLite a pooled connection in autocommit mode,
     /// where each statement is a transaction of its own (atomic, one
@@ -264,7 +282,14 @@ impl Store {
             Some(conn) => conn,
             None => pool.acquire().await.map_err(|e| errors::map(e, "acquire a connection"))?,
         };
-        Ok(Lease { conn: Some(conn), pool: pool.clone(), spare: self.spare.clone(), open_tx: false, done: false })
+        Ok(Lease {
+            conn: Some(conn),
+            pool: pool.clone(),
+            spare: self.spare.clone(),
+            open_tx: false,
+            raw_open: false,
+            done: false,
+        })
     }
 
     /// Close every connection. Pending work finishes first.
@@ -327,6 +352,8 @@ pub(crate) enum TxInner {
     Sqlite(Lease),
     /// [`Store::begin_single`] on SQLite: autocommit, one statement.
     SqliteRead(Lease),
+    /// [`Store::begin_batch`] on SQLite: statements queued for the commit.
+    SqliteBatch(Lease, batch::Batch),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
@@ -340,6 +367,11 @@ impl TenantTx {
                 Ok(())
             }
             TxInner::SqliteRead(mut lease) => {
+                lease.done = true;
+                Ok(())
+            }
+            TxInner::SqliteBatch(mut lease, batch) => {
+                batch.commit(&mut lease).await?;
                 lease.done = true;
                 Ok(())
             }
@@ -418,6 +450,10 @@ pub(crate) struct Lease {
     spare: Arc<Spare>,
     /// A BEGIN without its COMMIT yet.
     open_tx: bool,
+    /// A batch's BEGIN (sent as SQL, unknown to sqlx's transaction
+    /// manager) without a COMMIT or ROLLBACK known to have ended it: the
+    /// connection is closed, never reused.
+    raw_open: bool,
     /// The call finished ([`TenantTx::commit`]).
     done: bool,
 }
@@ -438,6 +474,12 @@ impl std::ops::DerefMut for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else { return };
+        if self.raw_open {
+            // Out of the pool and closed: closing rolls back whatever the
+            // connection left open.
+            drop(conn.detach());
+            return;
+        }
         if self.open_tx {
             // As sqlx's `Transaction` does when dropped: the ROLLBACK is
             // queued on the connection's worker before anything else.
@@ -464,6 +506,11 @@ macro_rules! on_tx {
             $crate::store::TxInner::Postgres(t) => {
                 let $c = &mut **t;
                 $body
+            }
+            // Its queued statements have not run yet: a statement run
+            // directly would overtake them. Only `TenantTx::stmt` runs here.
+            $crate::store::TxInner::SqliteBatch(..) => {
+                Err(sqlx::Error::Protocol("a statement run directly in a batched transaction".into()))
             }
         }
     };

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::records::insert_audit;
-use super::{Store, TenantTx, errors, on_tx};
+use super::{Guard, Store, TenantTx, errors, on_tx};
 use crate::error::{Error, ErrorCode, Result};
 use crate::idempotency::IdempotencyKey;
 use crate::receipts::{NewReceipt, Receipt, ToolBlock};
@@ -95,12 +95,13 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Receipt> {
         let currency = r.currency.as_ref().map(|c| c.to_ascii_uppercase());
-        on_tx!(tx, c => sqlx::query(
+        tx.stmt(
             "INSERT INTO receipts
                (tenant_id, receipt_id, execution_id, run_id, tool, tool_version, side_effect, internal_key,
                 external_key, request_sha256, response_sha256, status, amount_minor, currency, started_at,
                 completed_at, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)",
+            "write a receipt",
         )
         .bind(ctx.tenant().as_str())
         .bind(receipt_id)
@@ -119,9 +120,8 @@ impl Store {
         .bind(r.started_at)
         .bind(r.completed_at)
         .bind(now)
-        .execute(&mut *c)
+        .run(Guard::Any)
         .await
-        .map(|_| ()))
         .map_err(|e| errors::map(e, "write a receipt"))?;
         Ok(Receipt {
             receipt_id: receipt_id.to_owned(),

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Store, TenantTx, errors, on_tx};
+use super::{Guard, Ran, Store, TenantTx, errors, on_tx};
 use crate::error::{Error, ErrorCode, Result};
 use crate::run::RunStatus;
 use crate::state::Patch;
@@ -99,7 +99,7 @@ impl Store {
         patch: &Patch,
         record: Option<&TraceRecord>,
     ) -> Result<()> {
-        let mut tx = self.begin(ctx).await?;
+        let mut tx = self.begin_batch(ctx).await?;
         insert_run(&mut tx, ctx, run, self.now()).await?;
         if !self.put_state_in(&mut tx, ctx, entity, 0, initial, patch).await? {
             return Err(Error::new(ErrorCode::StateConflict, format!("{entity} already has a state")));
@@ -136,15 +136,16 @@ impl Store {
     ) -> Result<()> {
         let now = self.now();
         let mut tx = match record {
-            Some(_) => self.begin(ctx).await?,
+            Some(_) => self.begin_batch(ctx).await?,
             None => self.begin_single(ctx).await?,
         };
         if let Some(record) = record {
             crate::trace::insert_trace(&mut tx, ctx, record).await?;
         }
-        on_tx!(tx, c => sqlx::query(
+        tx.stmt(
             "UPDATE runs SET status = $3, waiting_for = $4, termination = $5, updated_at = $6
               WHERE tenant_id = $1 AND run_id = $2",
+            "update a run",
         )
         .bind(ctx.tenant().as_str())
         .bind(run_id)
@@ -152,9 +153,8 @@ impl Store {
         .bind(waiting_for)
         .bind(termination)
         .bind(now)
-        .execute(&mut *c)
+        .run(Guard::Any)
         .await
-        .map(|r| r.rows_affected()))
         .map_err(|e| errors::map(e, "update a run"))?;
         tx.commit().await?;
         Ok(())
@@ -214,27 +214,29 @@ impl Store {
 
 /// Register `run` in `tx`; `STATE_CONFLICT` when its id is taken.
 async fn insert_run(tx: &mut TenantTx, ctx: &TenantContext, run: &NewRun<'_>, now: DateTime<Utc>) -> Result<()> {
-    let inserted = on_tx!(tx, c => sqlx::query(
-        "INSERT INTO runs (tenant_id, run_id, workflow, status, principal, config_hash, event, pins, transcript,
-                           created_at, updated_at)
-         VALUES ($1, $2, $3, 'RUNNING', $4, $5, $6, $7, $8, $9, $9)
-         ON CONFLICT (tenant_id, run_id) DO NOTHING",
-    )
-    .bind(ctx.tenant().as_str())
-    .bind(run.run_id)
-    .bind(run.workflow)
-    .bind(ctx.principal().as_str())
-    .bind(run.config_hash)
-    .bind(Json(run.event))
-    .bind(Json(run.pins))
-    .bind(run.transcript)
-    .bind(now)
-    .execute(&mut *c)
-    .await
-    .map(|r| r.rows_affected()))
-    .map_err(|e| errors::map(e, "register a run"))?;
-    if inserted != 1 {
-        return Err(Error::new(ErrorCode::StateConflict, format!("run id {} is already taken", run.run_id)));
+    let taken = || Error::new(ErrorCode::StateConflict, format!("run id {} is already taken", run.run_id));
+    let inserted = tx
+        .stmt(
+            "INSERT INTO runs (tenant_id, run_id, workflow, status, principal, config_hash, event, pins, transcript,
+                               created_at, updated_at)
+             VALUES ($1, $2, $3, 'RUNNING', $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (tenant_id, run_id) DO NOTHING",
+            "register a run",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(run.run_id)
+        .bind(run.workflow)
+        .bind(ctx.principal().as_str())
+        .bind(run.config_hash)
+        .bind(Json(run.event))
+        .bind(Json(run.pins))
+        .bind(run.transcript)
+        .bind(now)
+        .run(Guard::One(taken()))
+        .await
+        .map_err(|e| errors::map(e, "register a run"))?;
+    if matches!(inserted, Ran::Now(n) if n != 1) {
+        return Err(taken());
     }
     Ok(())
 }

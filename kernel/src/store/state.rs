@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Store, TenantTx, errors, on_tx};
+use super::{Guard, Ran, Store, TenantTx, errors, on_tx};
 use crate::error::{Error, ErrorCode, Result};
 use crate::state::{self, Patch, StateVersion};
 use crate::tenant::{EntityId, TenantContext};
@@ -110,7 +110,10 @@ impl Store {
     /// written and `tx` stays usable (a version another writer inserted
     /// first does nothing instead of failing the statement, which on
     /// PostgreSQL would abort the whole transaction), so the caller decides
-    /// what of `tx` still commits.
+    /// what of `tx` still commits. In a batched transaction
+    /// ([`Store::begin_batch`]) the check is the commit's: `Ok(true)` means
+    /// queued, and a version already taken fails the commit, which then
+    /// writes nothing.
     pub(crate) async fn put_state_in(
         &self,
         tx: &mut TenantTx,
@@ -190,7 +193,9 @@ fn patch_json(patch: &Patch) -> Result<Value> {
 /// Insert version `expected_version + 1` if `expected_version` is the
 /// latest: one statement whose `WHERE` re-checks the version as it writes;
 /// a row another writer inserted first for that version does nothing
-/// (`ON CONFLICT DO NOTHING`). `false`: nothing was written.
+/// (`ON CONFLICT DO NOTHING`). `false`: nothing was written. In a batched
+/// transaction ([`Store::begin_batch`]) `true` means queued, and a version
+/// already taken fails the commit (`STATE_CONFLICT`).
 async fn insert_version(
     tx: &mut TenantTx,
     ctx: &TenantContext,
@@ -200,27 +205,35 @@ async fn insert_version(
     patch_json: &Value,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    let inserted = on_tx!(tx, c => sqlx::query(
-        "INSERT INTO state_versions
-           (tenant_id, entity_id, version, state, patch, correlation_id, created_at, updated_at)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $7
-          WHERE (SELECT COALESCE(MAX(version), 0) FROM state_versions
-                  WHERE tenant_id = $1 AND entity_id = $2) = $8
-         ON CONFLICT (tenant_id, entity_id, version) DO NOTHING",
-    )
-    .bind(ctx.tenant().as_str())
-    .bind(entity.to_string())
-    .bind(expected_version + 1)
-    .bind(Json(next_state))
-    .bind(Json(patch_json))
-    .bind(ctx.correlation_id().as_str())
-    .bind(now)
-    .bind(expected_version)
-    .execute(&mut *c)
-    .await
-    .map(|r| r.rows_affected()));
+    // Batched, a version someone else wrote first fails the commit: nothing
+    // of the transaction is written, and the caller writes its parts apart.
+    let taken = Error::new(
+        ErrorCode::StateConflict,
+        format!("state of {entity} moved past version {expected_version} before this write"),
+    );
+    let inserted = tx
+        .stmt(
+            "INSERT INTO state_versions
+               (tenant_id, entity_id, version, state, patch, correlation_id, created_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $7
+              WHERE (SELECT COALESCE(MAX(version), 0) FROM state_versions
+                      WHERE tenant_id = $1 AND entity_id = $2) = $8
+             ON CONFLICT (tenant_id, entity_id, version) DO NOTHING",
+            "write state",
+        )
+        .bind(ctx.tenant().as_str())
+        .bind(entity.to_string())
+        .bind(expected_version + 1)
+        .bind(Json(next_state))
+        .bind(Json(patch_json))
+        .bind(ctx.correlation_id().as_str())
+        .bind(now)
+        .bind(expected_version)
+        .run(Guard::One(taken))
+        .await;
     match inserted {
-        Ok(n) => Ok(n == 1),
+        Ok(Ran::Now(n)) => Ok(n == 1),
+        Ok(Ran::Queued) => Ok(true),
         Err(e) if errors::is_unique_violation(&e) => Ok(false),
         Err(e) => Err(errors::map(e, "write state")),
     }
