@@ -5,18 +5,22 @@
 //! thread wake-ups. On this project's 2-vCPU VMs a wake-up of a thread on
 //! the other vCPU costs about 40 µs, so one `SELECT 1` takes about 95 µs
 //! while SQLite's own work on a step's few rows takes a few (measured in
-//! docs/benchmarks.md, "one round trip per transaction"). A step's commit
+//! docs/benchmarks.md, "`golden5`: one round trip per transaction"). A step's commit
 //! (its result, receipt, trace record and state version) was six such
 //! round trips.
 //!
 //! A batched transaction ([`Store::begin_batch`](super::Store::begin_batch))
 //! queues its statements instead of running them. At commit they go to the
-//! worker as one multi-statement query, `BEGIN; s1; ...; sn`, which sqlx
-//! runs statement by statement on the worker, with `$N` arguments numbered
-//! across the whole query (each statement's own `$1..$k` are renumbered
-//! here). Each statement's [`Guard`] is then checked against the rows it
-//! changed, and COMMIT follows, or ROLLBACK when a statement failed or a
-//! guard said no: two round trips for the whole transaction.
+//! worker as one multi-statement query, `BEGIN; s1; ...; sn; COMMIT`, which
+//! sqlx runs statement by statement on the worker, with `$N` arguments
+//! numbered across the whole query (each statement's own `$1..$k` are
+//! renumbered here), stopping at the first statement that fails. A
+//! statement with a [`Guard::One`] is followed by its check,
+//! `INSERT INTO batch_guard (ok) VALUES (changes() = 1)`, which stores
+//! nothing and fails when the statement before changed another number of
+//! rows (the view and trigger of migration 0010). So a transaction whose
+//! statements all succeed is one round trip; one that fails is rolled back
+//! with a second (ROLLBACK).
 //!
 //! What this changes for a caller: a queued statement's failure (its
 //! constraint, its guard) is reported by the commit, not by the statement,
@@ -37,7 +41,7 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Either, Executor, Postgres, Sqlite};
 
 use super::{Lease, TenantTx, TxInner, errors};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 /// What a queued statement must have done for its transaction to commit.
 pub(crate) enum Guard {
@@ -64,13 +68,19 @@ pub(crate) struct Batch {
     /// The statements, renumbered, separated by `;\n`.
     sql: String,
     args: SqliteArguments,
-    queued: Vec<Queued>,
+    parts: Vec<Part>,
 }
 
-struct Queued {
-    doing: &'static str,
-    guard: Guard,
+/// A statement of the batch's SQL, in order.
+enum Part {
+    /// A caller's statement, and what it does (for its error).
+    Statement(&'static str),
+    /// The check of the statement before it ([`Guard::One`]): its error.
+    Check(Error),
 }
+
+/// The check of a [`Guard::One`] (migration 0010).
+const CHECK: &str = "INSERT INTO batch_guard (ok) VALUES (changes() = 1)";
 
 /// One statement of a transaction and its arguments, bound for whichever
 /// backend the transaction is on ([`TenantTx::stmt`]).
@@ -87,7 +97,9 @@ enum Args {
     Sqlite(SqliteArguments),
     Postgres(PgArguments),
     /// Bound straight into the batch's arguments, from this index on.
-    Batched { offset: usize },
+    Batched {
+        offset: usize,
+    },
 }
 
 impl TenantTx {
@@ -131,11 +143,10 @@ impl Stmt<'_> {
         }
         match (args, &mut tx.inner) {
             (Args::Batched { offset }, TxInner::SqliteBatch(_, batch)) => {
-                if !batch.sql.is_empty() {
-                    batch.sql.push_str(";\n");
+                batch.push(sql, offset, Part::Statement(doing));
+                if let Guard::One(e) = guard {
+                    batch.push(CHECK, 0, Part::Check(e));
                 }
-                renumber(sql, offset, &mut batch.sql);
-                batch.queued.push(Queued { doing, guard });
                 Ok(Ran::Queued)
             }
             (Args::Sqlite(a), TxInner::Sqlite(c) | TxInner::SqliteRead(c)) => {
@@ -167,26 +178,35 @@ fn renumber(sql: &str, offset: usize, out: &mut String) {
 }
 
 impl Batch {
+    fn push(&mut self, sql: &str, offset: usize, part: Part) {
+        if !self.sql.is_empty() {
+            self.sql.push_str(";\n");
+        }
+        renumber(sql, offset, &mut self.sql);
+        self.parts.push(part);
+    }
+
     /// Run the queued statements in one transaction on `lease` (see the
     /// module doc): `Ok` when every statement ran, every guard held and the
     /// COMMIT went through; otherwise nothing is written and the error is
     /// the failed statement's (or guard's).
     pub(super) async fn commit(self, lease: &mut Lease) -> Result<()> {
-        let Batch { sql, args, queued } = self;
-        if queued.is_empty() {
+        let Batch { sql, args, parts } = self;
+        if parts.is_empty() {
             return Ok(());
         }
-        // One statement that needs no check is a transaction by itself.
-        let alone = queued.len() == 1 && matches!(queued[0].guard, Guard::Any);
-        let sql = if alone { sql } else { format!("BEGIN;\n{sql}") };
+        // One statement without a check is a transaction by itself.
+        let alone = parts.len() == 1;
+        let sql = if alone { sql } else { format!("BEGIN;\n{sql};\nCOMMIT") };
         lease.raw_open = !alone;
-        let mut rows = Vec::with_capacity(queued.len() + 1);
+        // Statements that finished, BEGIN's included.
+        let mut finished = 0;
         let mut failed = None;
         {
             let mut results = (&mut **lease).fetch_many(sqlx::query_with(sqlx::AssertSqlSafe(sql), args));
             while let Some(item) = results.next().await {
                 match item {
-                    Ok(Either::Left(done)) => rows.push(done.rows_affected()),
+                    Ok(Either::Left(_)) => finished += 1,
                     Ok(Either::Right(_)) => {}
                     Err(e) => {
                         failed = Some(e);
@@ -195,43 +215,39 @@ impl Batch {
                 }
             }
         }
-        // The first result is BEGIN's: without it, BEGIN itself failed.
-        let began = alone || !rows.is_empty();
-        if !alone && began {
-            rows.remove(0);
-        }
-        let outcome = match failed {
-            // The statement after the last one that finished.
-            Some(e) => Err(match queued.get(rows.len()).filter(|_| began) {
-                Some(q) => errors::map(e, q.doing),
-                None => errors::map(e, "begin a transaction"),
-            }),
-            None if rows.len() != queued.len() => Err(Error::new(
-                crate::error::ErrorCode::StoreUnavailable,
-                format!("a batched transaction ran {} of its {} statements", rows.len(), queued.len()),
-            )),
-            None => queued
-                .into_iter()
-                .zip(&rows)
-                .find_map(|(q, &n)| match q.guard {
-                    Guard::One(e) if n != 1 => Some(e),
-                    _ => None,
-                })
-                .map_or(Ok(()), Err),
+        let Some(e) = failed else {
+            let expected = if alone { 1 } else { parts.len() + 2 };
+            if finished != expected {
+                // Not seen: sqlx reports every statement of the query.
+                return Err(Error::new(
+                    ErrorCode::StoreUnavailable,
+                    format!("a batched transaction ran {finished} of its {expected} statements"),
+                ));
+            }
+            lease.raw_open = false;
+            return Ok(());
         };
-        if alone {
-            return outcome;
+        // The failed statement is the one after those that finished.
+        let at = if alone { Some(0) } else { finished.checked_sub(1) };
+        let error = match at.and_then(|i| parts.into_iter().nth(i)) {
+            Some(Part::Statement(doing)) => errors::map(e, doing),
+            Some(Part::Check(guard)) if is_check_failure(&e) => guard,
+            Some(Part::Check(_)) => errors::map(e, "check a batched statement"),
+            None if finished == 0 => errors::map(e, "begin a transaction"),
+            None => errors::map(e, "commit"),
+        };
+        if !alone && (&mut **lease).execute("ROLLBACK").await.is_ok() {
+            lease.raw_open = false;
         }
-        let end = if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        match (&mut **lease).execute(end).await {
-            Ok(_) => lease.raw_open = false,
-            // Left open, or not: either way the connection is closed when
-            // the lease drops (`raw_open`), which rolls back what is open.
-            Err(e) if outcome.is_ok() => return Err(errors::map(e, "commit")),
-            Err(_) => {}
-        }
-        outcome
+        // Else the lease closes the connection (`raw_open`), which rolls
+        // back whatever is still open.
+        Err(error)
     }
+}
+
+/// The check's own refusal (migration 0010's trigger), not another failure.
+fn is_check_failure(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.message().contains("a batch guard failed"))
 }
 
 #[cfg(test)]
@@ -242,7 +258,8 @@ mod tests {
     use crate::tenant::{CorrelationId, Principal, TenantContext};
     use autobiz_testkit::TestDatabase;
 
-    const BLOCK: &str = "INSERT INTO tool_blocks (tenant_id, tool, reason, blocked_by, blocked_at, created_at, updated_at)
+    const BLOCK: &str =
+        "INSERT INTO tool_blocks (tenant_id, tool, reason, blocked_by, blocked_at, created_at, updated_at)
                          VALUES ($1, $2, 'test', 'test', $3, $3, $3)";
     const UNBLOCK: &str = "UPDATE tool_blocks SET cleared_at = $3
                             WHERE tenant_id = $1 AND tool = $2 AND cleared_at IS NULL";

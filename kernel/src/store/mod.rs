@@ -45,8 +45,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::idempotency::IdempotencyStats;
 use crate::tenant::TenantContext;
 
-pub(crate) use batch::{Guard, Ran};
 pub use crate::state::StateVersion;
+pub(crate) use batch::{Guard, Ran};
 pub use drift::{NewAction, NewCase, ReconciliationAction};
 pub use errors::is_unique_violation;
 pub use errors::map as driver_error;
@@ -233,12 +233,12 @@ impl Store {
     }
 
     /// A transaction bound to `ctx`'s tenant whose statements
-    /// ([`TenantTx::stmt`]) are sent together at its commit on SQLite: one
-    /// round trip to the driver's worker thread for all of them, one for
-    /// the COMMIT (see `store/batch.rs`). A queued statement's failure, or
-    /// its [`Guard`]'s, fails the commit and nothing is written. On
-    /// PostgreSQL a transaction as [`Store::begin`] makes. Only statements
-    /// made with [`TenantTx::stmt`] may run in it.
+    /// ([`TenantTx::stmt`]) are sent together at its commit on SQLite, with
+    /// BEGIN and COMMIT: one round trip to the driver's worker thread for
+    /// the whole transaction (see `store/batch.rs`). A queued statement's
+    /// failure, or its [`Guard`]'s, fails the commit and nothing is
+    /// written. On PostgreSQL a transaction as [`Store::begin`] makes. Only
+    /// statements made with [`TenantTx::stmt`] may run in it.
     pub(crate) async fn begin_batch(&self, ctx: &TenantContext) -> Result<TenantTx> {
         match &self.pool {
             Pool::Sqlite(p) => {
