@@ -425,9 +425,12 @@ impl Tool for RacingTool {
 /// STATE_CONFLICT after a side effect: another writer moved the run's state
 /// while the shipment was being made. The run stops with the conflict and
 /// writes no state over the other's, and the shipment's receipt is kept
-/// (the effect happened): in the step's one transaction the state version
-/// does nothing and the result, receipt and record commit all the same;
-/// unfolded, the receipt was committed before the state write.
+/// (the effect happened). Folded on PostgreSQL, the state version does
+/// nothing in the step's one transaction and the result, receipt and
+/// record commit all the same; folded on SQLite (a batched transaction),
+/// the version's guard fails that commit and the engine writes the result,
+/// receipt and record apart; unfolded, the receipt was committed before
+/// the state write.
 async fn state_conflict_after_an_effect_keeps_its_receipt(db: TestDatabase) {
     let store = store(&db).await;
     let wf = workflow();
