@@ -120,8 +120,7 @@ pub async fn run(global: &GlobalArgs, args: SoakArgs, reporter: &Reporter) -> Re
     };
     let config = BusinessConfig::load(&global.config)?;
     let commit = super::deploy::git_head()?;
-    let planned = u64::from(soak_config.days) * u64::from(soak_config.events_per_day.max(7));
-    let inject = args.inject_violation.map(|i| (i, args.inject_at.unwrap_or(planned / 2)));
+    let inject = args.inject_violation.map(|i| (i, args.inject_at.unwrap_or(soak_config.planned() / 2)));
     let database_url = if global.database_url == autobiz_kernel::store::DEFAULT_DATABASE_URL {
         None
     } else {

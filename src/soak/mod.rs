@@ -128,6 +128,18 @@ pub struct SoakConfig {
     pub check_every: u64,
 }
 
+impl SoakConfig {
+    /// The soak's plan, drawn a day at a time as it is walked.
+    pub fn plan(&self) -> plan::Plan<'_> {
+        plan::Plan::new(&self.mix, self.days, self.events_per_day, self.seed, self.start)
+    }
+
+    /// How many deliveries the plan holds (without drawing it).
+    pub fn planned(&self) -> u64 {
+        self.plan().len()
+    }
+}
+
 /// A workflow's tally.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowTally {
@@ -280,7 +292,7 @@ pub async fn run(
     checkpoint: &mut Checkpoint,
     progress: &dyn Progress,
 ) -> Result<SoakOutcome, CliError> {
-    let events = plan::Plan::new(&config.mix, config.days, config.events_per_day, config.seed, config.start);
+    let events = config.plan();
     let planned = events.len();
     let mut totals = checkpoint.take_totals();
     let done = totals.count;
