@@ -133,6 +133,13 @@ impl Stmt<'_> {
         self
     }
 
+    /// [`Stmt::run`], a driver error mapped to a kernel one ("cannot
+    /// `doing`: ..."), as the batch's commit maps a queued statement's.
+    pub(crate) async fn execute(self, guard: Guard) -> Result<Ran> {
+        let doing = self.doing;
+        self.run(guard).await.map_err(|e| errors::map(e, doing))
+    }
+
     /// Run the statement now, or queue it when its transaction is batched
     /// (where `guard` is checked at commit; run now, the caller checks the
     /// rows it gets).
@@ -254,8 +261,8 @@ fn is_check_failure(e: &sqlx::Error) -> bool {
 mod tests {
     use super::*;
     use crate::error::ErrorCode;
+    use crate::store::tests::{ctx, migrated};
     use crate::store::{Backend, Store};
-    use crate::tenant::{CorrelationId, Principal, TenantContext};
     use autobiz_testkit::TestDatabase;
 
     const BLOCK: &str =
@@ -263,15 +270,6 @@ mod tests {
                          VALUES ($1, $2, 'test', 'test', $3, $3, $3)";
     const UNBLOCK: &str = "UPDATE tool_blocks SET cleared_at = $3
                             WHERE tenant_id = $1 AND tool = $2 AND cleared_at IS NULL";
-
-    fn ctx() -> TenantContext {
-        TenantContext::new("acme".parse().unwrap(), Principal::new("test:batch"), CorrelationId::new("corr"))
-    }
-
-    async fn migrated(db: &TestDatabase) -> Store {
-        Store::open_admin(&db.admin_url().parse().unwrap()).await.unwrap().migrate().await.unwrap();
-        Store::open(&db.kernel_url().parse().unwrap()).await.unwrap()
-    }
 
     async fn queue(tx: &mut TenantTx, store: &Store, sql: &'static str, tool: &str, guard: Guard) -> Ran {
         tx.stmt(sql, "change a block in the test").bind("acme").bind(tool).bind(store.now()).run(guard).await.unwrap()

@@ -400,9 +400,8 @@ impl Store {
             .bind(&receipt_id)
             .bind(now)
             .bind(&claim.execution_id)
-            .run(Guard::One(lost()))
-            .await
-            .map_err(|e| errors::map(e, "complete an idempotency claim"))?;
+            .execute(Guard::One(lost()))
+            .await?;
         if matches!(updated, Ran::Now(n) if n != 1) {
             return Err(lost());
         }

@@ -599,11 +599,11 @@ mod tests {
     use crate::tenant::{CorrelationId, EntityId, Principal};
     use autobiz_testkit::TestDatabase;
 
-    fn ctx() -> TenantContext {
+    pub(super) fn ctx() -> TenantContext {
         TenantContext::new("acme".parse().unwrap(), Principal::new("test:store"), CorrelationId::new("corr"))
     }
 
-    async fn migrated(db: &TestDatabase) -> Store {
+    pub(super) async fn migrated(db: &TestDatabase) -> Store {
         Store::open_admin(&db.admin_url().parse().unwrap()).await.unwrap().migrate().await.unwrap();
         Store::open(&db.kernel_url().parse().unwrap()).await.unwrap()
     }

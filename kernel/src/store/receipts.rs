@@ -120,9 +120,8 @@ impl Store {
         .bind(r.started_at)
         .bind(r.completed_at)
         .bind(now)
-        .run(Guard::Any)
-        .await
-        .map_err(|e| errors::map(e, "write a receipt"))?;
+        .execute(Guard::Any)
+        .await?;
         Ok(Receipt {
             receipt_id: receipt_id.to_owned(),
             execution_id: r.execution_id.clone(),

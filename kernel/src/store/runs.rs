@@ -153,9 +153,8 @@ impl Store {
         .bind(waiting_for)
         .bind(termination)
         .bind(now)
-        .run(Guard::Any)
-        .await
-        .map_err(|e| errors::map(e, "update a run"))?;
+        .execute(Guard::Any)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -232,9 +231,8 @@ async fn insert_run(tx: &mut TenantTx, ctx: &TenantContext, run: &NewRun<'_>, no
         .bind(Json(run.pins))
         .bind(run.transcript)
         .bind(now)
-        .run(Guard::One(taken()))
-        .await
-        .map_err(|e| errors::map(e, "register a run"))?;
+        .execute(Guard::One(taken()))
+        .await?;
     if matches!(inserted, Ran::Now(n) if n != 1) {
         return Err(taken());
     }
