@@ -124,6 +124,12 @@ impl StripeFake {
     pub fn payment_intents(&self) -> Vec<serde_json::Value> {
         self.with_state(|s| s.payment_intents())
     }
+
+    /// The id of the PaymentIntent with the greatest id (the newest: ids
+    /// count up), without copying the others.
+    pub fn last_payment_intent_id(&self) -> Option<serde_json::Value> {
+        self.with_state(|s| s.payment_intents_iter().next_back().map(|p| p["id"].clone()))
+    }
 }
 
 impl ShopifyFake {
@@ -140,6 +146,12 @@ impl ShopifyFake {
 impl PrintfulFake {
     pub fn orders(&self) -> Vec<serde_json::Value> {
         self.with_state(|s| s.orders())
+    }
+
+    /// The id of the order with the greatest id (the newest), without
+    /// copying the others.
+    pub fn last_order_id(&self) -> Option<serde_json::Value> {
+        self.with_state(|s| s.orders_iter().next_back().map(|o| o["id"].clone()))
     }
 
     /// See [`PrintfulState::ship`].

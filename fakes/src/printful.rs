@@ -33,6 +33,11 @@ impl PrintfulState {
         self.orders.values().cloned().collect()
     }
 
+    /// The same, borrowed, by id.
+    pub fn orders_iter(&self) -> impl DoubleEndedIterator<Item = &Value> {
+        self.orders.values()
+    }
+
     pub fn order(&self, id: u64) -> Option<Value> {
         self.orders.get(&id).cloned()
     }

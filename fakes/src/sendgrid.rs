@@ -46,6 +46,11 @@ impl SendgridState {
         self.sent.iter().cloned().collect()
     }
 
+    /// The same, borrowed.
+    pub fn sent_iter(&self) -> impl DoubleEndedIterator<Item = &SentMail> {
+        self.sent.iter()
+    }
+
     fn send(&mut self, body: Option<Value>) -> Reply {
         let Some(body) = body.filter(Value::is_object) else {
             return bad(None, "Bad Request: the request body must be JSON");

@@ -125,6 +125,12 @@ impl StripeState {
         self.intents.values().cloned().collect()
     }
 
+    /// The same, borrowed: a caller that needs one field of each (or only
+    /// the last) clones nothing.
+    pub fn payment_intents_iter(&self) -> impl DoubleEndedIterator<Item = &Value> {
+        self.intents.values()
+    }
+
     pub fn payment_intent(&self, id: &str) -> Option<Value> {
         self.intents.get(id).cloned()
     }
@@ -134,9 +140,19 @@ impl StripeState {
         self.captures.iter().cloned().collect()
     }
 
+    /// The same, borrowed.
+    pub fn captures_iter(&self) -> impl DoubleEndedIterator<Item = &Value> {
+        self.captures.iter()
+    }
+
     /// Every refund created.
     pub fn refunds(&self) -> Vec<Value> {
         self.refunds.iter().cloned().collect()
+    }
+
+    /// The same, borrowed.
+    pub fn refunds_iter(&self) -> impl DoubleEndedIterator<Item = &Value> {
+        self.refunds.iter()
     }
 
     /// Idempotency keys held (none older than [`IDEMPOTENCY_KEY_TTL`]).
@@ -658,6 +674,18 @@ mod tests {
         }
         let held = fake.with_state(|s| s.idempotency_keys());
         assert!((48..=49).contains(&held), "{held} keys held");
+    }
+
+    #[tokio::test]
+    async fn the_last_payment_intent_id_is_the_newest_past_ten() {
+        let (fake, _clock) = fake_on_clock().await;
+        assert_eq!(fake.last_payment_intent_id(), None);
+        let mut newest = Value::Null;
+        for i in 0..12 {
+            let created: Value = create(&fake, &format!("key-{i}"), 100 + i).await.json().await.unwrap();
+            newest = created["id"].clone();
+        }
+        assert_eq!(fake.last_payment_intent_id(), Some(newest));
     }
 
     #[tokio::test]

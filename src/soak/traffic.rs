@@ -166,7 +166,7 @@ pub async fn prepare(
             let refund = if event.hitl_timeout || seq.is_multiple_of(4) { 7500 } else { 3000 };
             fakes.shopify.seed_order(shopify_order(refund, "pm_card_visa")).ok_or("WF03: order refused")?;
             setup_with(http, fakes, &Setup { captured_payments: vec![refund], ..Setup::default() }).await?;
-            let pi = last_id(&fakes.stripe.payment_intents())?;
+            let pi = found(fakes.stripe.last_payment_intent_id())?;
             let hook = support(
                 "refund_requested",
                 json!({ "order_id": order_id, "payment_intent": pi, "amount": refund, "currency": "usd" }),
@@ -189,8 +189,8 @@ pub async fn prepare(
                 },
             )
             .await?;
-            let pi = last_id(&fakes.stripe.payment_intents())?;
-            let printful = last_id(&fakes.printful.orders())?;
+            let pi = found(fakes.stripe.last_payment_intent_id())?;
+            let printful = found(fakes.printful.last_order_id())?;
             // A suspected fraud is cancelled in Shopify only after a human looks.
             let fraud = event.hitl_timeout || seq.is_multiple_of(5);
             let hook = support(
@@ -241,7 +241,7 @@ pub async fn prepare(
                 Setup { printful_orders: vec![order], ..Setup::default() }
             };
             setup_with(http, fakes, &seeded).await?;
-            let printful = last_id(&fakes.printful.orders())?;
+            let printful = found(fakes.printful.last_order_id())?;
             let body = json!({
                 "type": "order_failed", "created": event.at.timestamp(), "retries": 0, "store": 1,
                 "event_id": format!("{tag}-failed"),
@@ -300,8 +300,9 @@ fn repeat(hook: Webhook, delivery: Delivery) -> Vec<Webhook> {
     }
 }
 
-fn last_id(list: &[Value]) -> Result<Value, String> {
-    list.last().map(|v| v["id"].clone()).ok_or_else(|| "setup: the fake holds no object".to_owned())
+/// The id of the newest object the setup left in a fake.
+fn found(id: Option<Value>) -> Result<Value, String> {
+    id.ok_or_else(|| "setup: the fake holds no object".to_owned())
 }
 
 #[cfg(test)]
