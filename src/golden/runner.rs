@@ -132,12 +132,14 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
     };
     let config_hash = assembly.config_hash.clone();
     let url = |u: &str| u.parse::<DatabaseUrl>().map_err(err("database URL"));
-    Store::open_admin(&url(env.admin_url)?)
-        .await
-        .map_err(err("open admin"))?
-        .migrate()
-        .await
-        .map_err(err("migrate"))?;
+    let admin = Store::open_admin(&url(env.admin_url)?).await.map_err(err("open admin"))?;
+    admin.migrate().await.map_err(err("migrate"))?;
+    // Kept open until the scenario ends, then closed, not dropped: a
+    // dropped pool closes its SQLite connections in the background, and
+    // the last one to close checkpoints the WAL into the database under
+    // its lock while the run's first statements wait in SQLite's busy
+    // handler (sleeps of 1, 2, 5 ms...): 8-9 ms of a 5 ms run
+    // (docs/benchmarks.md). Open, it is never the last.
     let clock = Arc::new(ManualClock::new(t0()));
     let store = Store::open_with_durability(&url(env.kernel_url)?, clock.clone(), env.sqlite_durability)
         .await
@@ -287,6 +289,7 @@ pub async fn run(scenario: &Scenario, env: &Env<'_>) -> Result<Observed, String>
     // A recording cassette is written when its client goes.
     drop(llm);
     store.close().await;
+    admin.close().await;
     Ok(observed)
 }
 
