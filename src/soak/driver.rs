@@ -815,9 +815,8 @@ fn duplicate_side_effects(fakes: &Fakes, found: &mut Vec<(Invariant, String)>) {
         }
     };
     let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-    // Each fake's state is read in place: the pruned window still holds
-    // days of objects, and copying them every check was a tenth of the
-    // soak's time.
+    // Each fake's state is read in place, not copied: the pruned window
+    // still holds two virtual days of objects at every check.
     count("capture of", fakes.stripe.with_state(|st| st.captures_iter().map(|c| s(&c["id"])).collect()));
     count("refund of", fakes.stripe.with_state(|st| st.refunds_iter().map(|r| s(&r["payment_intent"])).collect()));
     count(
