@@ -242,6 +242,26 @@ pub struct Line {
     pub entry: Entry,
 }
 
+/// `line` as JSON: byte for byte what its derived `Serialize` writes
+/// (`serde_json::to_string(line)`), without serde's `flatten` path, which
+/// buffers every field of the entry (its inputs and outputs included) as
+/// untyped content and then serializes that copy. The entry is written as
+/// it is alone, `{"kind":{...}}`, and its one key joins the envelope's.
+/// Every entry is a struct variant, so its JSON is an object.
+fn encode_line(line: &Line) -> serde_json::Result<String> {
+    use serde::ser::Error as _;
+    let entry = serde_json::to_vec(&line.entry)?;
+    let Some(fields) = entry.strip_prefix(b"{") else {
+        return Err(serde_json::Error::custom("a transcript entry is not a JSON object"));
+    };
+    let mut out = Vec::with_capacity(entry.len() + 112);
+    write!(out, r#"{{"v":{},"seq":{},"prev":"#, line.v, line.seq).map_err(serde_json::Error::io)?;
+    serde_json::to_writer(&mut out, &line.prev)?;
+    out.push(b',');
+    out.extend_from_slice(fields);
+    String::from_utf8(out).map_err(serde_json::Error::custom)
+}
+
 /// Read in one pass: the envelope's fields, and the one other key names the
 /// entry, whose fields are parsed straight into their variant (serde's
 /// `flatten` would buffer the whole line as untyped content first).
@@ -426,7 +446,7 @@ impl TranscriptWriter {
     /// flight (which the reader then reports as truncated or corrupt).
     pub fn write(&mut self, entry: Entry) -> Result<()> {
         let line = Line { v: TRANSCRIPT_VERSION, seq: self.seq, prev: std::mem::take(&mut self.prev), entry };
-        let raw = serde_json::to_string(&line)
+        let raw = encode_line(&line)
             .map_err(|e| Error::new(ErrorCode::TranscriptIo, format!("cannot encode a transcript line: {e}")))?;
         self.out
             .write_all(raw.as_bytes())
@@ -794,6 +814,167 @@ mod tests {
         assert_eq!(Transcript::parse(none).unwrap_err().code(), ErrorCode::TranscriptCorrupt);
         let unknown = r#"{"v":2,"seq":0,"prev":"","teleport":{}}"#;
         assert_eq!(Transcript::parse(unknown).unwrap_err().code(), ErrorCode::TranscriptCorrupt);
+    }
+
+    /// One entry of every kind, with the awkward values: escapes and
+    /// non-ASCII text, absent and present options, large and negative
+    /// numbers, a float, nested objects.
+    fn every_kind() -> Vec<Entry> {
+        let at = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        let value = json!({"b": [1, -2, 1.5, u64::MAX, null, true], "a": {"q": "say \"hi\"\n\u{7}", "é": "ü€😀"}});
+        let patch = Patch(vec![crate::run::PatchOp {
+            op: crate::run::PatchOpKind::Add,
+            path: "/outputs/fetch".into(),
+            value: value.clone(),
+        }]);
+        vec![
+            Entry::RunStart {
+                run_id: "r\"1".into(),
+                tenant: "acme".into(),
+                principal: "agent:ü".into(),
+                workflow: "WF01".into(),
+                config_hash: "abc".into(),
+                pins: json!({}),
+                event: value.clone(),
+            },
+            Entry::Clock { at },
+            Entry::ToolRequest {
+                step: "fetch".into(),
+                visit: 2,
+                tool: "shopify.order.get".into(),
+                version: "1".into(),
+                input: value.clone(),
+                idempotency_key: Some("k1".into()),
+                at,
+            },
+            Entry::ToolRequest {
+                step: "fetch".into(),
+                visit: 1,
+                tool: "t".into(),
+                version: "1".into(),
+                input: json!(null),
+                idempotency_key: None,
+                at,
+            },
+            Entry::ToolResponse {
+                step: "fetch".into(),
+                visit: 1,
+                outcome: StepOutcome::Ok { output: value.clone() },
+                at,
+                replayed: true,
+                effect: false,
+                ended: Some(Termination::MaxSteps),
+                version: i64::MAX,
+                patch: patch.clone(),
+            },
+            Entry::ToolResponse {
+                step: "fetch".into(),
+                visit: 1,
+                outcome: StepOutcome::Err { code: "TOOL_FAILED".into(), message: "no \"way\"".into() },
+                at,
+                replayed: false,
+                effect: true,
+                ended: None,
+                version: -1,
+                patch: Patch(vec![]),
+            },
+            Entry::StatePatch { version: 3, patch },
+            Entry::ModelTurn {
+                step: "classify".into(),
+                visit: 1,
+                turn: 1,
+                request_sha256: "00".into(),
+                model: "gpt-4o-mini".into(),
+                prompt_template_sha256: "11".into(),
+                content: "{\"intent\": \"wismo\"}\n".into(),
+                prompt_tokens: 12,
+                completion_tokens: u64::MAX,
+                cost_micro_usd: 0,
+                at,
+            },
+            Entry::AgentCall {
+                step: "classify".into(),
+                visit: 1,
+                turn: 2,
+                tool: "printful.order.get".into(),
+                version: "1".into(),
+                input: value.clone(),
+                idempotency_key: None,
+                at,
+            },
+            Entry::AgentResult {
+                step: "classify".into(),
+                visit: 1,
+                turn: 2,
+                outcome: StepOutcome::Ok { output: value },
+                at,
+                replayed: false,
+                effect: true,
+            },
+            Entry::HitlRequested { request_id: "hitl_1".into(), step: "refund".into(), visit: 1 },
+            Entry::HitlDecision {
+                request_id: "hitl_1".into(),
+                step: "refund".into(),
+                decision: "denied".into(),
+                approver: None,
+            },
+            Entry::HitlDecision {
+                request_id: "hitl_1".into(),
+                step: "refund".into(),
+                decision: "approved".into(),
+                approver: Some("ops-lead".into()),
+            },
+            Entry::RunStopped { termination: Termination::MaxWallTime, error: "late".into(), step: None },
+            Entry::RunStopped { termination: Termination::Completed, error: "".into(), step: Some("s".into()) },
+            Entry::Resumed { state_version: 0 },
+            Entry::RunEnd {
+                status: RunStatus::Completed,
+                termination: Termination::Completed,
+                state_sha256: "00".into(),
+                receipts: vec![ReceiptDigest {
+                    step: "s".into(),
+                    visit: 1,
+                    tool: "t".into(),
+                    version: "1".into(),
+                    external_key: "e".into(),
+                    request_sha256: "r".into(),
+                    response_sha256: "q".into(),
+                }],
+            },
+        ]
+    }
+
+    #[test]
+    fn inv06_a_line_is_written_byte_for_byte_as_its_derived_serialization() {
+        let entries = every_kind();
+        let kinds: std::collections::BTreeSet<_> = entries.iter().map(Entry::kind).collect();
+        assert_eq!(kinds.len(), 13, "every kind of entry: {kinds:?}");
+        let mut w = TranscriptWriter::memory();
+        for (n, entry) in entries.into_iter().enumerate() {
+            let expected = Line { v: TRANSCRIPT_VERSION, seq: n as u64, prev: w.prev.clone(), entry: entry.clone() };
+            w.write(entry).unwrap();
+            assert_eq!(w.lines()[n], serde_json::to_string(&expected).unwrap(), "line {n}");
+        }
+        // And it reads back as what was written.
+        let t = Transcript::parse(&w.lines().join("\n")).unwrap();
+        assert_eq!(t.lines.len(), w.lines().len());
+    }
+
+    #[test]
+    fn inv06_the_recorded_transcripts_encode_to_their_own_bytes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../golden/transcripts");
+        let mut checked = 0;
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (raw, line) in text.lines().zip(Transcript::parse(&text).unwrap().lines) {
+                    assert_eq!(encode_line(&line).unwrap(), raw, "{}", path.display());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 30, "only {checked} recorded lines under {}", dir.display());
     }
 
     #[test]
