@@ -21,6 +21,10 @@
 //! `cargo bench -p autobiz --bench golden`; `AUTOBIZ_GOLDEN_FILTER=WF01/`
 //! runs only the scenarios whose name holds it. Not criterion: one sample is
 //! a whole suite. Record results in docs/benchmarks.md.
+//!
+//! It runs under mimalloc, the allocator of the `autobiz` binary and of the
+//! golden test binary that `autobiz suite golden` runs; `--features
+//! system-allocator` measures glibc's instead.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +34,14 @@ use autobiz::golden::{self, runner};
 use autobiz_fakes::{Fakes, Fault};
 use autobiz_kernel::config::BusinessConfig;
 use autobiz_kernel::store::SqliteDurability;
+
+/// The allocator of the `autobiz` binary (`autobiz suite golden`).
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ALLOCATOR: &str =
+    if cfg!(feature = "system-allocator") { "system (glibc)" } else { "mimalloc, as the autobiz binary" };
 
 const ROUNDS: usize = 3;
 /// Scenarios at a time in the rounds (`AUTOBIZ_GOLDEN_JOBS`): each is mostly
@@ -123,7 +135,7 @@ fn main() {
     let total = started.elapsed();
     let runs = files.len() * ROUNDS;
     println!(
-        "golden suite x{ROUNDS} on SQLite, {jobs} at a time: {runs} scenario runs in {:.2} s = {:.1} scenarios/s (target: {ROUNDS} rounds < 30 s: {})",
+        "golden suite x{ROUNDS} on SQLite, {jobs} at a time, allocator {ALLOCATOR}: {runs} scenario runs in {:.2} s = {:.1} scenarios/s (target: {ROUNDS} rounds < 30 s: {})",
         total.as_secs_f64(),
         runs as f64 / total.as_secs_f64(),
         if total < Duration::from_secs(30) { "met" } else { "NOT met" }

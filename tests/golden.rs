@@ -11,6 +11,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// The allocator of the `autobiz` binary, so that a scenario runs the
+/// kernel as it runs in production (and as the golden bench measures it);
+/// `--features system-allocator` leaves glibc's.
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use autobiz::golden::{self, Backend, ScenarioFile, runner};
 use autobiz_kernel::config::BusinessConfig;
 use autobiz_kernel::store::SqliteDurability;
