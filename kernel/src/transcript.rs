@@ -246,19 +246,20 @@ pub struct Line {
 /// (`serde_json::to_string(line)`), without serde's `flatten` path, which
 /// buffers every field of the entry (its inputs and outputs included) as
 /// untyped content and then serializes that copy. The entry is written as
-/// it is alone, `{"kind":{...}}`, and its one key joins the envelope's.
+/// it is alone, `{"kind":{...}}`, right after the envelope, and its opening
+/// brace becomes the comma that joins its one key to the envelope's.
 /// Every entry is a struct variant, so its JSON is an object.
 fn encode_line(line: &Line) -> serde_json::Result<String> {
     use serde::ser::Error as _;
-    let entry = serde_json::to_vec(&line.entry)?;
-    let Some(fields) = entry.strip_prefix(b"{") else {
-        return Err(serde_json::Error::custom("a transcript entry is not a JSON object"));
-    };
-    let mut out = Vec::with_capacity(entry.len() + 112);
+    let mut out = Vec::with_capacity(512);
     write!(out, r#"{{"v":{},"seq":{},"prev":"#, line.v, line.seq).map_err(serde_json::Error::io)?;
     serde_json::to_writer(&mut out, &line.prev)?;
-    out.push(b',');
-    out.extend_from_slice(fields);
+    let joint = out.len();
+    serde_json::to_writer(&mut out, &line.entry)?;
+    if out.get(joint) != Some(&b'{') {
+        return Err(serde_json::Error::custom("a transcript entry is not a JSON object"));
+    }
+    out[joint] = b',';
     String::from_utf8(out).map_err(serde_json::Error::custom)
 }
 
